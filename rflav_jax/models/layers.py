@@ -1,0 +1,108 @@
+"""Building blocks of FLAV: attention, MLP, adaLN modulation, time and label embedders.
+
+All modules keep float32 parameters and compute in `dtype`. Token tensors are (..., N, D): any leading
+batch dimensions, N tokens of width D.
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Dtype = Any
+
+xavier = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros
+normal_002 = nn.initializers.normal(stddev=0.02)
+
+# Flow time t in [0, 1] is embedded as the official code's diffusion-style step 1 + 999 t.
+T_RF_OFFSET, T_RF_SCALE = 1.0, 999.0
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """adaLN modulation x * (1 + scale) + shift (shift/scale broadcast over x's token axis)."""
+  return x * (1 + scale) + shift
+
+
+def layer_norm(dtype: Dtype) -> nn.LayerNorm:
+  """LayerNorm without affine parameters, eps 1e-6 (statistics in float32)."""
+  return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype)
+
+
+def dense(features: int, dtype: Dtype, name: str, init=xavier) -> nn.Dense:
+  """Linear layer with zero bias; `init` for the kernel (Xavier-uniform by default)."""
+  return nn.Dense(features, dtype=dtype, kernel_init=init, bias_init=zeros, name=name)
+
+
+def adaln(c: jax.Array, chunks: int, dtype: Dtype, name: str) -> list[jax.Array]:
+  """Zero-initialised Linear(SiLU(c)) split into `chunks` arrays of c's width: (B, T, D) -> chunks x (B, T, 1, D)."""
+  out = dense(chunks * c.shape[-1], dtype, name, init=zeros)(nn.silu(c))
+  return jnp.split(out[..., None, :], chunks, axis=-1)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention over the token axis through `jax.nn.dot_product_attention`.
+
+  Attributes:
+    num_heads: heads; the width D must divide evenly.
+    dtype: compute dtype.
+    implementation: None (XLA chooses), "xla" or "cudnn" (fused attention on NVIDIA GPUs).
+  """
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  implementation: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, is_causal: bool = False, mask: jax.Array | None = None) -> jax.Array:
+    """x (..., N, D) -> (..., N, D). mask: bool (N, N), True where attention is allowed."""
+    *batch, n, d = x.shape
+    head_dim = d // self.num_heads
+    qkv = dense(3 * d, self.dtype, "qkv")(x).reshape(-1, n, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, mask=mask,
+                                       implementation=self.implementation)
+    return dense(d, self.dtype, "proj")(out.reshape(*batch, n, d))
+
+
+class Mlp(nn.Module):
+  """Linear(D -> hidden), GELU (tanh approximation), Linear(hidden -> D)."""
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = nn.gelu(dense(self.hidden, self.dtype, "fc1")(x), approximate=True)
+    return dense(x.shape[-1], self.dtype, "fc2")(h)
+
+
+def timestep_embedding(t_rf: jax.Array, dim: int = 256, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding (..., ) -> (..., dim): [cos(t f_i), sin(t f_i)], f_i = max_period^(-i / (dim/2))."""
+  half = dim // 2
+  freqs = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t_rf.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class TimestepEmbedder(nn.Module):
+  """Flow time t in [0, 1] (...) -> (..., D): sinusoid of 1 + 999 t, Linear, SiLU, Linear."""
+  hidden: int
+  frequency_dim: int = 256
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:
+    emb = timestep_embedding(T_RF_OFFSET + T_RF_SCALE * t.astype(jnp.float32), self.frequency_dim)
+    h = nn.silu(dense(self.hidden, self.dtype, "fc1", init=normal_002)(emb))
+    return dense(self.hidden, self.dtype, "fc2", init=normal_002)(h)
+
+
+class FinalLayer(nn.Module):
+  """adaLN (shift, scale) then Linear(D -> out): tokens (B, T, N, D), c (B, T, D) -> (B, T, N, out)."""
+  out_features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    shift, scale = adaln(c, 2, self.dtype, "adaLN_modulation")
+    x = modulate(layer_norm(self.dtype)(x), shift, scale)
+    return dense(self.out_features, self.dtype, "linear", init=zeros)(x)
