@@ -8,7 +8,8 @@ gives 16 frames and read at 5 fps gives 8 (source frames 0, 2, 4, ...).
 
 Audio is decoded, reduced to mono (the first channel, as the official code does, or the mean of all
 channels) and resampled with soxr (`librosa.resample`, res_type "soxr_hq") when the file's rate differs
-from the one asked for. It is returned in int16 scale, the scale the mel front end expects.
+from the one asked for. It is returned in int16 scale, the scale the mel front end expects. Samples past
+the stream's declared duration (encoder padding) are dropped.
 """
 import contextlib
 import dataclasses
@@ -184,9 +185,12 @@ def _decode_audio(path, sample_rate: int, channels: str) -> tuple[np.ndarray, Fr
         start, source_rate = _frame_time(frame, path), frame.sample_rate
       chunks.extend(f.to_ndarray() for f in to_float.resample(frame))
     chunks.extend(f.to_ndarray() for f in to_float.resample(None))
+    # Samples past the duration the container declares are the encoder's padding.
+    known = stream.duration and source_rate
+    declared = round(stream.duration * stream.time_base * source_rate) if known else None
   if not chunks:
     raise UndecodableMediaError(path, "the audio stream decodes to no samples")
-  planes = np.concatenate(chunks, axis=1)  # (channels, samples) in [-1, 1]
+  planes = np.concatenate(chunks, axis=1)[:, :declared]  # (channels, samples) in [-1, 1]
   mono = planes[0] if channels == "first" else planes.mean(axis=0)
   if source_rate != sample_rate:
     mono = librosa.resample(mono, orig_sr=source_rate, target_sr=int(sample_rate), res_type="soxr_hq")

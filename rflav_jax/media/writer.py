@@ -70,11 +70,10 @@ class Mp4Writer:
     """Flushes both encoders and finishes the file; further calls do nothing."""
     if self._closed:
       return
-    self._closed = True
     if self._video is None:
-      self._container.close()
-      os.remove(self.path)
+      self._discard()
       raise ValueError(f"Mp4Writer({self.path!r}) was closed before any write(); no file was written")
+    self._closed = True
     self._container.mux(self._video.encode(None))
     self._container.mux(self._audio.encode(None))
     self._container.close()
@@ -83,10 +82,17 @@ class Mp4Writer:
     return self
 
   def __exit__(self, exc_type, exc, traceback) -> None:
-    if exc_type is None:
-      self.close()
-    elif self._video is not None:
-      self.close()  # keep what was written before the error as a valid file
+    if exc_type is None or self._video is not None:
+      self.close()  # after an error, what was written before it stays a valid file
+    else:
+      self._discard()
+
+  def _discard(self) -> None:
+    """Closes a writer that never wrote anything and removes its empty file."""
+    self._closed = True
+    self._container.close()
+    if os.path.exists(self.path):
+      os.remove(self.path)
 
   def _add_streams(self, height: int, width: int) -> None:
     """Adds the H.264 and AAC streams for frames of height x width (both must be even for yuv420p)."""
