@@ -232,3 +232,19 @@ def flav_from_preset(name: str, **overrides) -> FLAV:
   if name not in PRESETS:
     raise ValueError(f"unknown FLAV preset {name!r}; known presets: {', '.join(PRESETS)}")
   return FLAV(**{**PRESETS[name], **overrides})
+
+
+def flav_from_config(model_config) -> FLAV:
+  """FLAV from a config mapping: optional `preset` name, any FLAV attribute, `dtype` as a name ("bfloat16")."""
+  kwargs = dict(model_config)
+  preset = kwargs.pop("preset", None)
+  if "dtype" in kwargs:
+    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+  return flav_from_preset(preset, **kwargs) if preset else FLAV(**kwargs)
+
+
+def flav_args(model: FLAV) -> dict:
+  """The FLAV attributes of `model` as plain values (dtype by name), for configs and checkpoints."""
+  args = {f: getattr(model, f) for f in FLAV.__dataclass_fields__ if f not in ("parent", "name")}
+  args["dtype"] = jnp.dtype(args["dtype"]).name
+  return args
