@@ -1,0 +1,48 @@
+"""Helpers of the flow tests: official -> channels-last layouts, fixture models, a tiny random FLAV."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rflav_jax.convert.flav import OFFICIAL_ARGS, flav_from_official
+from rflav_jax.models.flav import FLAV
+
+
+def video_layout(x) -> np.ndarray:
+  """Official (B, T, C, H, W) -> ours (B, T, H, W, C); also (n, B, C, H, W) -> (n, B, H, W, C)."""
+  x = np.asarray(x)
+  return np.moveaxis(x, -3, -1)
+
+
+def audio_layout(x) -> np.ndarray:
+  """Official mel (B, T, 1, N, F) -> ours (B, T, F, N); also (n, B, 1, N, F) -> (n, B, F, N)."""
+  return np.swapaxes(np.asarray(x)[:, :, 0], -1, -2)
+
+
+def fixture_model(data: dict):
+  """(model, params) of a fixture's official weights; the flow settings in its config are dropped."""
+  config = json.loads(str(data["config_json"]))
+  state_dict = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
+  return flav_from_official(state_dict, **{k: v for k, v in config.items() if k in OFFICIAL_ARGS})
+
+
+def tiny_flav(num_classes: int = 0, seed: int = 0):
+  """A 1-block FLAV (4x4x4 video, 8 mels, window 4) with random non-zero weights (zero-init layers too)."""
+  model = FLAV(latent_size=4, patch_size=2, in_channels=4, hidden_size=16, depth=1, num_heads=2, n_mels=8,
+               predict_frames=4, num_classes=num_classes)
+  labels = jnp.zeros((1,), jnp.int32) if num_classes else None
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4, 4, 4, 4)), jnp.zeros((1, 4, 10, 8)),
+                          jnp.zeros((1, 4)), labels)["params"]
+  leaves, treedef = jax.tree.flatten(shapes)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return model, jax.tree.unflatten(treedef, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+
+def noise_window(key, model: FLAV, batch: int, frames: int | None = None):
+  """Standard-normal video (B, T, H, W, C) and mel (B, T, F, N) of T = frames (default: the model's window)."""
+  frames = frames or model.predict_frames
+  key_v, key_a = jax.random.split(key)
+  size = model.latent_size
+  return (jax.random.normal(key_v, (batch, frames, size, size, model.in_channels)),
+          jax.random.normal(key_a, (batch, frames, model.audio_columns, model.n_mels)))
