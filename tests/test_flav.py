@@ -214,10 +214,9 @@ def test_remat_and_bfloat16_options():
     return jax.jit(jax.grad(lambda p: sum(jnp.sum(o ** 2) for o in m.apply({"params": p}, v, a, t, y))))(params)
 
   reference = grads(model)
-  for policy in ("nothing_saveable", "dots_saveable"):
-    rematted = grads(FLAV(**TINY, causal_attn=True, remat=True, remat_policy=policy))
-    for g1, g2 in zip(jax.tree.leaves(reference), jax.tree.leaves(rematted)):
-      assert rel_l2(g2, g1) < 1e-5
+  rematted = grads(FLAV(**TINY, causal_attn=True, remat=True, remat_policy="dots_saveable"))
+  for g1, g2 in zip(jax.tree.leaves(reference), jax.tree.leaves(rematted)):
+    assert rel_l2(g2, g1) < 1e-5
   low = FLAV(**TINY, causal_attn=True, dtype=jnp.bfloat16).apply({"params": params}, v, a, t, y)
   high = model.apply({"params": params}, v, a, t, y)
   assert low[0].dtype == jnp.float32

@@ -40,6 +40,7 @@ def convert_flav_release(folder, output_dir, *, weights: str | None = None, use_
   folder = pathlib.Path(folder)
   if not folder.is_dir():
     raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
+  config = read_config_json(folder)
   path = find_weights(folder, weights)
-  model, params = flav_from_official(select_state_dict(read_checkpoint(path), use_ema), **read_config_json(folder))
+  model, params = flav_from_official(select_state_dict(read_checkpoint(path), use_ema), **config)
   return export.save_converted(output_dir, "flav", params, flav_args(model), str(path))

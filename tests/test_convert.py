@@ -1,0 +1,83 @@
+"""Converting release folders: weight files read without PyTorch, Orbax output, the launcher."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from conftest import load_fixture, rel_l2
+from rflav_jax.convert.checkpoint_io import CheckpointFormatError, read_checkpoint
+from rflav_jax.convert.flav import load_flav
+from rflav_jax.convert.release import convert_flav_release
+
+torch = pytest.importorskip("torch", reason="torch (a test extra: requirements-test.txt) writes the .pt files")
+
+
+def fixture_release(tmp_path, fmt):
+  """A release folder with the small conditional fixture's weights in `fmt`; returns (folder, fixture)."""
+  d = load_fixture("flav_small_cond_causal.npz")
+  state_dict = {k[len("param/"):]: v for k, v in d.items() if k.startswith("param/")}
+  folder = tmp_path / f"release_{fmt}"
+  folder.mkdir()
+  config = json.loads(str(d["config_json"]))
+  (folder / "config.json").write_text(json.dumps({**config, "grad_ckpt": True, "audio_fr": 16000}))
+  if fmt == "safetensors":
+    save_file(state_dict, str(folder / "model.safetensors"))
+  else:  # a training checkpoint as DiT-style code saves it: {"model", "ema", "opt"}, DDP "module." prefixes
+    ema = {f"module.{k}": torch.from_numpy(v) for k, v in state_dict.items()}
+    torch.save({"model": {k: v * 0 for k, v in ema.items()}, "ema": ema, "args": {"lr": 1e-4}}, folder / "ckpt.pt")
+  return folder, d
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+def test_converted_release_reproduces_official_outputs(tmp_path, fmt):
+  folder, d = fixture_release(tmp_path, fmt)
+  out = convert_flav_release(folder, tmp_path / "converted")
+  assert (out / "config.py").exists() and (out / "params").is_dir()
+  model, params = load_flav(out)
+  assert model.num_classes == 3 and model.causal_attn and model.remat
+  v, a = d["in/v"].transpose(0, 1, 3, 4, 2), d["in/a"][:, :, 0].transpose(0, 1, 3, 2)
+  t = ((d["in/t"].astype(np.float64) - 1) / 999).astype(np.float32)
+  out_v, out_a = model.apply({"params": params}, v, a, t, d["in/y"])
+  assert rel_l2(out_v, d["out/v"].transpose(0, 1, 3, 4, 2)) < 1e-5
+  assert rel_l2(out_a, d["out/a"][:, :, 0].transpose(0, 1, 3, 2)) < 1e-5
+
+
+def test_release_folder_problems_are_explained(tmp_path):
+  folder, _ = fixture_release(tmp_path, "safetensors")
+  (folder / "extra.pt").write_bytes(b"")
+  (folder / "model.safetensors").rename(folder / "a.bin")
+  with pytest.raises(FileNotFoundError, match="expected one weight file.*--weights"):
+    convert_flav_release(folder, tmp_path / "out")
+  (folder / "config.json").unlink()
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    convert_flav_release(folder, tmp_path / "out", weights="a.bin")
+
+
+def test_torch_files_are_read_without_torch_exactly(tmp_path):
+  tensors = {"f32": torch.randn(3, 4), "strided": torch.randn(4, 3).t(), "i64": torch.arange(5),
+             "f16": torch.randn(2, 2).half(), "bf16": torch.randn(3).bfloat16(), "scalar": torch.tensor(3.5),
+             "slice": torch.randn(10)[2:7]}
+  torch.save({"generator": tensors, "step": 7}, tmp_path / "vocoder.pt")
+  loaded = read_checkpoint(tmp_path / "vocoder.pt")
+  assert loaded["step"] == 7
+  for name, tensor in tensors.items():
+    np.testing.assert_array_equal(loaded["generator"][name].astype(np.float64), tensor.float().numpy())
+    assert loaded["generator"][name].shape == tuple(tensor.shape)
+
+
+def test_pickles_that_would_run_code_are_refused(tmp_path):
+  torch.save(torch.nn.Linear(2, 3), tmp_path / "module.pt")
+  with pytest.raises(CheckpointFormatError, match="torch.nn.modules.linear.Linear.*state_dict"):
+    read_checkpoint(tmp_path / "module.pt")
+  (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+  with pytest.raises(CheckpointFormatError, match="legacy format"):
+    read_checkpoint(tmp_path / "junk.pt")
+
+
+def test_convert_launcher_documents_every_flag():
+  result = subprocess.run([sys.executable, "-m", "launch.convert", "--help"], capture_output=True, text=True)
+  for flag in ("--kind", "--checkpoint_dir", "--output_dir", "--weights", "--[no]use_ema"):
+    assert flag in result.stdout
