@@ -1,4 +1,5 @@
 """HiFi-GAN: parity with the official generator, weight-norm forms, files, config checks, streaming."""
+import dataclasses
 import functools
 import json
 
@@ -61,7 +62,9 @@ def test_config_keys(fixture):
   _, _, config = fixture
   training = {"segment_size": 8000, "learning_rate": 2e-4, "batch_size": 16, "sampling_rate": 16000,
               "hop_size": 160, "dist_config": {"dist_backend": "nccl"}}
-  assert HifiGanConfig.from_dict({**config, **training}).hop_length == 10
+  parsed = HifiGanConfig.from_dict({**config, **training})
+  assert parsed.hop_length == 10
+  assert HifiGanConfig.from_dict(dataclasses.asdict(parsed)) == parsed  # how converted folders store it
   with pytest.raises(ValueError, match="'activation'"):
     HifiGanConfig.from_dict({**config, "activation": "snakebeta"})
   with pytest.raises(ValueError, match="resblock"):

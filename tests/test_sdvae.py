@@ -1,4 +1,5 @@
 """SD-VAE: parity with diffusers, weight names and files, config checks, the frame codec, a real-size model."""
+import dataclasses
 import functools
 import json
 
@@ -88,6 +89,7 @@ def test_config_keys():
       "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
       "norm_num_groups": 16})
   assert accepted.block_out_channels == (32, 64) and accepted.downsample_factor == 2
+  assert VaeConfig.from_diffusers(dataclasses.asdict(accepted)) == accepted  # how converted folders store it
   with pytest.raises(ValueError, match="down_block_types"):
     VaeConfig.from_diffusers({"block_out_channels": [32, 64], "down_block_types": ["DownBlock2D"] * 2})
   with pytest.raises(ValueError, match="up_block_types"):

@@ -15,10 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rflav_jax.codecs.hifigan import HifiGanConfig, HifiGanGenerator
-from rflav_jax.convert import param_mapping
+from rflav_jax.convert import param_mapping, release
 from rflav_jax.convert.checkpoint_io import read_checkpoint
 from rflav_jax.convert.param_mapping import CONV, IDENTITY, Layout, Source
-from rflav_jax.convert.release import find_weights, read_config_json
 
 # (magnitude, direction) suffixes of weight-normalised tensors, old and new torch naming.
 _WEIGHT_NORM_SUFFIXES = ((".weight_g", ".weight_v"),
@@ -63,6 +62,12 @@ def select_generator(checkpoint: Any) -> Mapping[str, np.ndarray]:
                    "'generator' entry (the released vocoder.pt / g_* files).")
 
 
+def abstract_params(model: HifiGanGenerator) -> dict:
+  """The parameter tree as ShapeDtypeStructs (no computation)."""
+  mel = jnp.zeros((1, 8, model.config.num_mels))
+  return jax.eval_shape(model.init, jax.random.key(0), mel)["params"]
+
+
 def hifigan_from_official(state_dict: Mapping[str, Any], config: Mapping[str, Any],
                           dtype=jnp.float32) -> tuple[HifiGanGenerator, dict]:
   """Builds the generator from the vocoder config.json dict and loads official weights into it.
@@ -72,8 +77,7 @@ def hifigan_from_official(state_dict: Mapping[str, Any], config: Mapping[str, An
   Raises ConversionError listing every missing, unexpected or mis-shaped tensor.
   """
   model = HifiGanGenerator(HifiGanConfig.from_dict(config), dtype)
-  mel = jnp.zeros((1, 8, model.config.num_mels))
-  shapes = param_mapping.param_shapes(jax.eval_shape(model.init, jax.random.key(0), mel)["params"])
+  shapes = param_mapping.param_shapes(abstract_params(model))
   sources = {}
   for path in shapes:
     if path[-1] == "bias":
@@ -97,4 +101,5 @@ def hifigan_from_folder(folder: str | pathlib.Path, weights: str | None = None,
   if not folder.is_dir():
     raise FileNotFoundError(f"vocoder folder {folder} does not exist; pass the folder holding config.json and "
                             "vocoder.pt.")
-  return hifigan_from_official(read_checkpoint(find_weights(folder, weights)), read_config_json(folder), dtype)
+  state_dict = read_checkpoint(release.find_weights(folder, weights))
+  return hifigan_from_official(state_dict, release.read_config_json(folder), dtype)
