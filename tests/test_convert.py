@@ -9,8 +9,7 @@ from safetensors.numpy import save_file
 
 from conftest import load_fixture, rel_l2
 from rflav_jax.convert.checkpoint_io import CheckpointFormatError, read_checkpoint
-from rflav_jax.convert.flav import load_flav
-from rflav_jax.convert.release import convert_flav_release
+from rflav_jax.convert.release import convert_release, load_flav
 
 torch = pytest.importorskip("torch", reason="torch (a test extra: requirements-test.txt) writes the .pt files")
 
@@ -34,7 +33,7 @@ def fixture_release(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", ["safetensors", "pt"])
 def test_converted_release_reproduces_official_outputs(tmp_path, fmt):
   folder, d = fixture_release(tmp_path, fmt)
-  out = convert_flav_release(folder, tmp_path / "converted")
+  out = convert_release("flav", folder, tmp_path / "converted")
   assert (out / "config.py").exists() and (out / "params").is_dir()
   model, params = load_flav(out)
   assert model.num_classes == 3 and model.causal_attn and model.remat
@@ -50,10 +49,10 @@ def test_release_folder_problems_are_explained(tmp_path):
   (folder / "extra.pt").write_bytes(b"")
   (folder / "model.safetensors").rename(folder / "a.bin")
   with pytest.raises(FileNotFoundError, match="expected one weight file.*--weights"):
-    convert_flav_release(folder, tmp_path / "out")
+    convert_release("flav", folder, tmp_path / "out")
   (folder / "config.json").unlink()
   with pytest.raises(FileNotFoundError, match="config.json"):
-    convert_flav_release(folder, tmp_path / "out", weights="a.bin")
+    convert_release("flav", folder, tmp_path / "out", weights="a.bin")
 
 
 def test_torch_files_are_read_without_torch_exactly(tmp_path):
@@ -81,3 +80,29 @@ def test_convert_launcher_documents_every_flag():
   result = subprocess.run([sys.executable, "-m", "launch.convert", "--help"], capture_output=True, text=True)
   for flag in ("--kind", "--checkpoint_dir", "--output_dir", "--weights", "--[no]use_ema"):
     assert flag in result.stdout
+
+
+def test_codec_releases_convert_and_load(tmp_path):
+  from rflav_jax.convert.release import load_sdvae, load_vocoder  # pylint: disable=g-import-not-at-top
+  vae = load_fixture("sdvae_small.npz")
+  folder = tmp_path / "vae"
+  folder.mkdir()
+  (folder / "config.json").write_text(json.dumps({**json.loads(str(vae["config_json"])), "scaling_factor": 0.18215}))
+  save_file({k[len("vae/"):]: v for k, v in vae.items() if k.startswith("vae/")},
+            str(folder / "diffusion_pytorch_model.safetensors"))
+  model, params = load_sdvae(convert_release("sdvae", folder, tmp_path / "vae_converted"))
+  decoded = model.apply({"params": params}, vae["latent_mean"].transpose(0, 2, 3, 1), method=model.decode)
+  assert rel_l2(decoded, vae["decoded"].transpose(0, 2, 3, 1)) < 1e-4
+
+  voc = load_fixture("hifigan_small.npz")
+  folder = tmp_path / "vocoder"
+  folder.mkdir()
+  (folder / "config.json").write_text(json.dumps({**json.loads(str(voc["config_json"])), "segment_size": 8192}))
+  generator = {k[len("generator/"):]: torch.from_numpy(v) for k, v in voc.items() if k.startswith("generator/")}
+  torch.save({"generator": generator}, folder / "vocoder.pt")
+  converted = convert_release("vocoder", folder, tmp_path / "vocoder_converted")
+  model, params = load_vocoder(converted)
+  wav = model.apply({"params": params}, voc["mel"].transpose(0, 2, 1))
+  assert rel_l2(wav, voc["wav"][:, 0]) < 1e-4
+  with pytest.raises(ValueError, match="holds a converted 'vocoder', not a 'sdvae'"):
+    load_sdvae(converted)

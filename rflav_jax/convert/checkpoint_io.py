@@ -10,6 +10,7 @@ a numpy view of its storage and refuses every global it does not know, so readin
 code from the file.
 """
 import collections
+import json
 import os
 import pathlib
 import pickle
@@ -31,6 +32,7 @@ _STORAGE_DTYPES = {
     "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 class CheckpointFormatError(ValueError):
@@ -53,6 +55,31 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
   raise CheckpointFormatError(
       f"{path}: not a safetensors, npz or PyTorch zip checkpoint. Files written by torch < 1.6 use a legacy "
       "format; re-save them with a current torch (`torch.save(torch.load(f), f)`) or convert to safetensors.")
+
+
+def find_weights(folder: pathlib.Path, weights: str | None = None) -> pathlib.Path:
+  """The weight file in `folder`: `weights` if given, else the only file with a weight suffix (safetensors first)."""
+  if weights:
+    path = folder / weights
+    if not path.is_file():
+      raise FileNotFoundError(f"weight file {path} does not exist")
+    return path
+  candidates = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+  safetensors = [p for p in candidates if p.suffix == ".safetensors"]
+  if len(safetensors) == 1:
+    return safetensors[0]
+  if len(candidates) != 1:
+    raise FileNotFoundError(
+        f"{folder}: expected one weight file ({', '.join(WEIGHT_SUFFIXES)}), found {[p.name for p in candidates]}; "
+        "name the one to use with --weights")
+  return candidates[0]
+
+
+def read_config_json(folder: pathlib.Path) -> dict:
+  path = folder / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: a release folder holds the constructor arguments in config.json")
+  return json.loads(path.read_text())
 
 
 def _read_torch_zip(path: pathlib.Path) -> Any:

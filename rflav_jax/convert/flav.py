@@ -3,7 +3,6 @@
 Every Flax parameter path has one official name, derived by `official_name`; e.g.
 ("blocks_3", "video_temporal_attn", "qkv", "kernel") <- "blocks.3.video_temporal_attn.qkv.weight" (transposed).
 """
-import pathlib
 import re
 from typing import Any, Mapping
 
@@ -11,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rflav_jax.convert import export, param_mapping
+from rflav_jax.convert import param_mapping
 from rflav_jax.convert.param_mapping import CONV, IDENTITY, LINEAR, Layout, Source
-from rflav_jax.models.flav import FLAV, flav_from_config
+from rflav_jax.models.flav import FLAV
 
 # Arguments of the official FLAV constructor (and of a release's config.json) -> FLAV attributes.
 OFFICIAL_ARGS = {
@@ -118,9 +117,3 @@ def select_state_dict(checkpoint: Any, use_ema: bool = True) -> dict:
     state_dict = dict(checkpoint[entry])
   return {re.sub(r"^(module|_orig_mod)\.", "", k): v for k, v in state_dict.items()}
 
-
-def load_flav(folder: str | pathlib.Path, **overrides) -> tuple[FLAV, dict]:
-  """(model, params) from a folder written by `launch.convert --kind=flav`; overrides e.g. dtype="bfloat16"."""
-  config = export.load_config(pathlib.Path(folder) / "config.py")
-  model = flav_from_config({**config.model, **overrides})
-  return model, export.restore_params(config.checkpoint, abstract_params(model))

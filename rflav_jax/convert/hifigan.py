@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rflav_jax.codecs.hifigan import HifiGanConfig, HifiGanGenerator
-from rflav_jax.convert import param_mapping, release
-from rflav_jax.convert.checkpoint_io import read_checkpoint
+from rflav_jax.convert import param_mapping
+from rflav_jax.convert.checkpoint_io import find_weights, read_checkpoint, read_config_json
 from rflav_jax.convert.param_mapping import CONV, IDENTITY, Layout, Source
 
 # (magnitude, direction) suffixes of weight-normalised tensors, old and new torch naming.
@@ -101,5 +101,5 @@ def hifigan_from_folder(folder: str | pathlib.Path, weights: str | None = None,
   if not folder.is_dir():
     raise FileNotFoundError(f"vocoder folder {folder} does not exist; pass the folder holding config.json and "
                             "vocoder.pt.")
-  state_dict = read_checkpoint(release.find_weights(folder, weights))
-  return hifigan_from_official(state_dict, release.read_config_json(folder), dtype)
+  state_dict = read_checkpoint(find_weights(folder, weights))
+  return hifigan_from_official(state_dict, read_config_json(folder), dtype)

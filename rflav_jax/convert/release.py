@@ -1,46 +1,64 @@
-"""Converting a released checkpoint folder (weights + config.json) into a converted folder (see export.py)."""
-import json
+"""Released checkpoint folders (weights + config.json) <-> converted folders (Orbax params + config.py).
+
+kinds: "flav" (the transformer), "sdvae" (a diffusers AutoencoderKL folder), "vocoder" (HiFi-GAN generator).
+`convert_release` writes a converted folder (see export.py); `load_flav` / `load_sdvae` / `load_vocoder`
+read one back as (model, params).
+"""
 import pathlib
 
-from rflav_jax.convert import export
-from rflav_jax.convert.checkpoint_io import read_checkpoint
-from rflav_jax.convert.flav import flav_from_official, select_state_dict
-from rflav_jax.models.flav import flav_args
+from rflav_jax.codecs.hifigan import HifiGanConfig, HifiGanGenerator
+from rflav_jax.codecs.sdvae import AutoencoderKL, VaeConfig
+from rflav_jax.convert import export, flav, hifigan, sdvae
+from rflav_jax.convert.checkpoint_io import find_weights, read_checkpoint, read_config_json
+from rflav_jax.models.flav import flav_args, flav_from_config
 
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-
-
-def find_weights(folder: pathlib.Path, weights: str | None = None) -> pathlib.Path:
-  """The weight file in `folder`: `weights` if given, else the only file with a weight suffix (safetensors first)."""
-  if weights:
-    path = folder / weights
-    if not path.is_file():
-      raise FileNotFoundError(f"weight file {path} does not exist")
-    return path
-  candidates = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-  safetensors = [p for p in candidates if p.suffix == ".safetensors"]
-  if len(safetensors) == 1:
-    return safetensors[0]
-  if len(candidates) != 1:
-    raise FileNotFoundError(
-        f"{folder}: expected one weight file ({', '.join(WEIGHT_SUFFIXES)}), found {[p.name for p in candidates]}; "
-        "name the one to use with --weights")
-  return candidates[0]
+KINDS = ("flav", "sdvae", "vocoder")
 
 
-def read_config_json(folder: pathlib.Path) -> dict:
-  path = folder / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: a release folder holds the constructor arguments in config.json")
-  return json.loads(path.read_text())
-
-
-def convert_flav_release(folder, output_dir, *, weights: str | None = None, use_ema: bool = True) -> pathlib.Path:
-  """Release folder (FLAV weights + config.json) -> Orbax params + config.py in output_dir."""
+def convert_release(kind: str, folder, output_dir, *, weights: str | None = None,
+                    use_ema: bool = True) -> pathlib.Path:
+  """Release folder of `kind` -> Orbax params + config.py in output_dir; returns output_dir."""
+  if kind not in KINDS:
+    raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
   folder = pathlib.Path(folder)
   if not folder.is_dir():
     raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
   config = read_config_json(folder)
   path = find_weights(folder, weights)
-  model, params = flav_from_official(select_state_dict(read_checkpoint(path), use_ema), **config)
-  return export.save_converted(output_dir, "flav", params, flav_args(model), str(path))
+  checkpoint = read_checkpoint(path)
+  if kind == "flav":
+    model, params = flav.flav_from_official(flav.select_state_dict(checkpoint, use_ema), **config)
+    config = flav_args(model)
+  elif kind == "sdvae":
+    _, params = sdvae.sdvae_from_diffusers(checkpoint, config)
+  else:
+    _, params = hifigan.hifigan_from_official(checkpoint, config)
+  return export.save_converted(output_dir, kind, params, config, str(path))
+
+
+def _converted(folder, kind: str):
+  config = export.load_config(pathlib.Path(folder) / "config.py")
+  if config.kind != kind:
+    raise ValueError(f"{folder} holds a converted {config.kind!r}, not a {kind!r}; check which folder is passed where")
+  return config
+
+
+def load_flav(folder, **overrides):
+  """(FLAV, params) from a converted folder; overrides change non-weight attributes, e.g. dtype="bfloat16"."""
+  config = _converted(folder, "flav")
+  model = flav_from_config({**config.model, **overrides})
+  return model, export.restore_params(config.checkpoint, flav.abstract_params(model))
+
+
+def load_sdvae(folder, dtype="float32"):
+  """(AutoencoderKL, params) from a converted folder."""
+  config = _converted(folder, "sdvae")
+  model = AutoencoderKL(VaeConfig.from_diffusers(config.model), dtype)
+  return model, export.restore_params(config.checkpoint, sdvae.abstract_params(model))
+
+
+def load_vocoder(folder, dtype="float32"):
+  """(HifiGanGenerator, params) from a converted folder."""
+  config = _converted(folder, "vocoder")
+  model = HifiGanGenerator(HifiGanConfig.from_dict(config.model), dtype)
+  return model, export.restore_params(config.checkpoint, hifigan.abstract_params(model))
