@@ -81,8 +81,8 @@ def test_encode_video_hook_replaces_the_video(data):
 
 
 def test_bad_arguments_are_rejected(data, tfds_builder):
-  with pytest.raises(ValueError, match="multiple of process_count"):
-    one_pass(data, global_batch_size=6, process_count=2, local_device_count=2)
+  with pytest.raises(ValueError, match="positive multiple of process_count"):
+    pipeline.make_pipeline(data, global_batch_size=6, seed=0, process_index=0, process_count=2, local_device_count=2)
   with pytest.raises(ValueError, match="process_index"):
     one_pass(data, process_index=2, process_count=2)
   with pytest.raises(ValueError, match="lacks"):

@@ -27,11 +27,14 @@ def make_pipeline(source: tfds.core.DatasetBuilder | Mapping[str, np.ndarray], *
                   shuffle_buffer: int = 1024, process_index: int | None = None, process_count: int | None = None,
                   local_device_count: int | None = None,
                   encode_video: Callable[[np.ndarray], Any] | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Yields this host's batches (module docstring) forever, or for one pass when repeat=False.
+  """An iterator over this host's batches (module docstring): endless, or one pass when repeat=False.
+
+  Arguments are checked at the call, before any data is read.
 
   source: a prepared TFDS builder (avfolder.build_avfolder, synthetic_tfds.build_bouncing_ball,
     tfds.builder_from_directory) read at `split`, or in-memory arrays with at least "video" uint8
-    (N, T, H, W, 3), "mel" float32 (N, T, 10, N_mels) and "label" (N,) (synthetic.synthetic_dataset).
+    (examples, T, H, W, 3), "mel" float32 (examples, T, F, N) and "label" (examples,), such as
+    synthetic.synthetic_dataset returns.
   audio_scale: the dataset's mel scale (e.g. codecs.audio.AIST_AUDIO_SCALE); 1 leaves the mel in [-1, 1].
   process_index / process_count / local_device_count: default to jax's values for this host.
   encode_video: optional, called on each batch's float video (e.g. SD-VAE latents); its result replaces
@@ -42,8 +45,8 @@ def make_pipeline(source: tfds.core.DatasetBuilder | Mapping[str, np.ndarray], *
   local_device_count = jax.local_device_count() if local_device_count is None else local_device_count
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
-  if global_batch_size % (process_count * local_device_count):
-    raise ValueError(f"global_batch_size={global_batch_size} must be a multiple of process_count * "
+  if global_batch_size < 1 or global_batch_size % (process_count * local_device_count):
+    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of process_count * "
                      f"local_device_count = {process_count} * {local_device_count}; round it to a multiple")
   if shuffle_buffer < 1:
     raise ValueError(f"shuffle_buffer={shuffle_buffer}: expected at least 1 (1 disables shuffling)")
@@ -56,7 +59,11 @@ def make_pipeline(source: tfds.core.DatasetBuilder | Mapping[str, np.ndarray], *
     dataset = dataset.repeat()
   dataset = dataset.batch(host_batch, drop_remainder=True)
   dataset = dataset.map(lambda batch: _convert(batch, audio_scale), num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.prefetch(tf.data.AUTOTUNE)
+  return _numpy_batches(dataset.prefetch(tf.data.AUTOTUNE), encode_video)
+
+
+def _numpy_batches(dataset: tf.data.Dataset, encode_video) -> Iterator[dict[str, np.ndarray]]:
+  """The dataset's batches as numpy dicts, the video encoded when an encoder is given."""
   for batch in dataset.as_numpy_iterator():
     if encode_video is not None:
       batch["video"] = np.asarray(encode_video(batch["video"]))

@@ -126,11 +126,11 @@ def _draw_physics(rng: np.random.Generator, num_frames: int):
     period = rng.uniform(*PERIOD_RANGE_S)
     peak = rng.uniform(*PEAK_HEIGHT_RANGE)
     phase = rng.uniform(0.0, period)
-    times = phase + period * np.arange(np.ceil((-1 / FPS - phase) / period), (duration + 1 / FPS - phase) // period + 1)
-    to_boundary = np.abs(times - np.round(times * FPS) / FPS)
-    if np.all(to_boundary >= CONTACT_MARGIN_S):
+    times = phase + period * np.arange(-1, duration / period + 2)  # contacts from before to after the clip
+    near = times[np.abs(times - duration / 2) < duration / 2 + 1 / FPS]
+    if np.all(np.abs(near - np.round(near * FPS) / FPS) >= CONTACT_MARGIN_S):
       return period, peak, phase, times[(times >= 0) & (times < duration)]
-  raise RuntimeError("could not draw bounce physics away from frame boundaries")  # probability ~ 0.7^1000
+  raise RuntimeError("could not draw bounce physics away from frame boundaries")
 
 
 def _render(geometry: BallGeometry, resolution: int, rows: np.ndarray, column: float, colour: np.ndarray):
@@ -150,7 +150,7 @@ def _tone(pitch_hz: np.ndarray, label: int) -> np.ndarray:
   and the front end's reflect padding would leak broadband energy into the click band.
   """
   num_frames = len(pitch_hz)
-  t = (np.arange(num_frames * SAMPLES_PER_FRAME) + 0.5) / SAMPLE_RATE
+  t = np.arange(num_frames * SAMPLES_PER_FRAME) / SAMPLE_RATE
   boundary = np.round(t * FPS).astype(int)  # nearest frame boundary: between frames boundary-1 and boundary
   before = pitch_hz[np.clip(boundary - 1, 0, num_frames - 1)]
   after = pitch_hz[np.clip(boundary, 0, num_frames - 1)]
@@ -188,10 +188,10 @@ def generate_clip(seed: int, index: int, config: BouncingBallConfig = BouncingBa
   contacts[np.floor(contact_times * FPS).astype(int)] = True
 
   video = _render(geometry, config.resolution, geometry.row(height), column, CLASS_COLOURS[label])
-  audio = _tone(pitch_hz, label) + _clicks(contact_times, config.num_frames * SAMPLES_PER_FRAME)
-  mel = frames_from_mel(mel_from_waveform((audio * 32768.0).astype(np.float32)))
+  audio = (_tone(pitch_hz, label) + _clicks(contact_times, config.num_frames * SAMPLES_PER_FRAME)).astype(np.float32)
+  mel = frames_from_mel(mel_from_waveform(audio * 32768.0))
   return BouncingBallClip(
-      video=video, audio=audio.astype(np.float32), mel=np.asarray(mel, np.float32), label=label,
+      video=video, audio=audio, mel=mel, label=label,
       height=height.astype(np.float32), pitch_hz=pitch_hz.astype(np.float32), contacts=contacts,
       contact_times=contact_times)
 
