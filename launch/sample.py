@@ -1,0 +1,29 @@
+r"""Generates audio-video streams with a FLAV model and writes them as mp4 (plus PNG previews).
+
+  python -m launch.sample --config=configs/synthetic_tiny.py --output_dir=/tmp/rflav_demo
+  python -m launch.sample --config=configs/flav_b1_aist.py --config.checkpoint=converted/flav_aist \
+      --config.codec.checkpoint=converted/sdvae --config.vocoder.checkpoint=converted/vocoder \
+      --config.sample.num_frames=600 --output_dir=out
+
+Every config field can be overridden on the command line (--config.sample.guidance_scale=2).
+"""
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from rflav_jax import sample
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sampling config file.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "outputs/sample", "Folder for the mp4 files and previews.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  for path in sample.sample(_CONFIG.value, _OUTPUT_DIR.value):
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,44 @@
+"""PNG pictures for people: still frames, contact sheets and spectrograms (written with PyAV)."""
+import os
+
+import av
+import numpy as np
+
+# Anchor colours of a perceptually ordered dark-blue -> green -> yellow map (viridis-like), for spectrograms.
+_COLOURS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+  """Writes a uint8 (H, W, 3) RGB image as a lossless PNG."""
+  image = np.ascontiguousarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+  with av.open(os.fspath(path), "w", format="image2") as container:
+    stream = container.add_stream("png")
+    stream.height, stream.width = image.shape[:2]
+    stream.pix_fmt = "rgb24"
+    for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+      container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+def contact_sheet(frames: np.ndarray, columns: int = 10) -> np.ndarray:
+  """uint8 frames (T, H, W, 3) -> one uint8 image of ceil(T / columns) rows of `columns` frames (black filler)."""
+  frames = np.asarray(frames)
+  rows = -(-len(frames) // columns)
+  filler = np.zeros((rows * columns - len(frames), *frames.shape[1:]), frames.dtype)
+  grid = np.concatenate([frames, filler]).reshape(rows, columns, *frames.shape[1:])
+  return grid.transpose(0, 2, 1, 3, 4).reshape(rows * frames.shape[1], columns * frames.shape[2], 3)
+
+
+def spectrogram_image(mel: np.ndarray, height_per_bin: int = 1) -> np.ndarray:
+  """Mel (columns, N) of any scale -> uint8 (N * height_per_bin, columns, 3), low frequencies at the bottom."""
+  mel = np.asarray(mel, np.float64)
+  span = mel.max() - mel.min()
+  level = (mel - mel.min()) / span if span > 0 else np.zeros_like(mel)
+  position = level.T[::-1] * (len(_COLOURS) - 1)
+  low = np.floor(position).astype(int).clip(0, len(_COLOURS) - 2)
+  weight = (position - low)[..., None]
+  rgb = (1 - weight) * _COLOURS[low] + weight * _COLOURS[low + 1]
+  return np.repeat(rgb.round().astype(np.uint8), height_per_bin, axis=0)
