@@ -34,15 +34,13 @@ def tiny_flav(num_classes: int = 0, seed: int = 0):
   labels = jnp.zeros((1,), jnp.int32) if num_classes else None
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4, 4, 4, 4)), jnp.zeros((1, 4, 10, 8)),
                           jnp.zeros((1, 4)), labels)["params"]
-  leaves, treedef = jax.tree.flatten(shapes)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return model, jax.tree.unflatten(treedef, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+  rng = np.random.default_rng(seed)  # numpy draws: no compilation per parameter shape
+  return model, jax.tree.map(lambda x: jnp.asarray(0.3 * rng.standard_normal(x.shape), jnp.float32), shapes)
 
 
-def noise_window(key, model: FLAV, batch: int, frames: int | None = None):
-  """Standard-normal video (B, T, H, W, C) and mel (B, T, F, N) of T = frames (default: the model's window)."""
-  frames = frames or model.predict_frames
-  key_v, key_a = jax.random.split(key)
-  size = model.latent_size
-  return (jax.random.normal(key_v, (batch, frames, size, size, model.in_channels)),
-          jax.random.normal(key_a, (batch, frames, model.audio_columns, model.n_mels)))
+def noise_window(seed: int, model: FLAV, batch: int):
+  """Standard-normal video (B, W, H, W, C) and mel (B, W, F, N) windows of the model's shape."""
+  rng = np.random.default_rng(seed)
+  size, frames = model.latent_size, model.predict_frames
+  return (rng.standard_normal((batch, frames, size, size, model.in_channels), np.float32),
+          rng.standard_normal((batch, frames, model.audio_columns, model.n_mels), np.float32))
