@@ -1,0 +1,148 @@
+"""Rolling sampler: official golden stream, streaming in chunks, compile counts, host memory, devices."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from jax.tree_util import Partial
+
+from conftest import load_fixture, rel_l2
+from flow_testing import audio_layout, fixture_model, noise_window, tiny_flav, video_layout
+from rflav_jax.flow import sampling
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+def test_generate_reproduces_official_rolling_stream():
+  data = load_fixture("rolling_sampler.npz")
+  model, params = fixture_model(data)
+  calls = []
+
+  def recording_velocity(params, v, a, t):
+    jax.debug.callback(lambda t: calls.append(np.asarray(t)), t)
+    return model.apply({"params": params}, v, a, t)
+
+  frames_v, frames_a = sampling.generate(
+      Partial(recording_velocity, params), video_layout(data["init_v"]), audio_layout(data["init_a"]), 14, 2,
+      noise_v=video_layout(data["injected_noise_v"]), noise_a=audio_layout(data["injected_noise_a"]))
+  expected_v, expected_a = video_layout(data["frames_v"]), audio_layout(data["frames_a"])
+  assert frames_v.shape == expected_v.shape and frames_a.shape == expected_a.shape
+  errors = [(rel_l2(frames_v[:, j], expected_v[:, j]), rel_l2(frames_a[:, j], expected_a[:, j])) for j in range(14)]
+  assert max(max(e) for e in errors) <= 1e-4, errors
+  # The network saw exactly the official per-frame times: 8 pre-roll calls, then 2 per further frame.
+  t_rf = 1 + 999 * np.stack(calls).astype(np.float32)
+  assert t_rf.shape == data["calls_t_rf"].shape
+  np.testing.assert_allclose(t_rf, data["calls_t_rf"], rtol=1e-6, atol=0)
+
+
+def test_stream_in_chunks_equals_one_call_and_compiles_once():
+  model, params = tiny_flav()
+  traces = []
+
+  def counting_velocity(params, v, a, t):
+    traces.append(1)  # runs once per trace, never per step
+    return model.apply({"params": params}, v, a, t)
+
+  velocity_fn = Partial(counting_velocity, params)
+  init_v, init_a = noise_window(1, model, batch=2)
+  key = jax.random.key(2)
+  full_v, full_a = sampling.generate(velocity_fn, init_v, init_a, 15, 2, key=key)
+
+  compiles = []
+  listener = lambda name, _, **kwargs: compiles.append(name) if name == BACKEND_COMPILE else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    stream = sampling.RollingSampler(velocity_fn, 2).stream(init_v, init_a, key, chunk_frames=5)
+    chunks = [next(stream)]
+    after_first = (len(traces), len(compiles))
+    chunks += [next(stream), next(stream)]
+    after_third = (len(traces), len(compiles))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  print(f"compiles for the first chunk: {after_first[1]} programs, {after_first[0]} traces of the network")
+  assert after_first[1] > 0 and after_third == after_first  # nothing traced or compiled after the first chunk
+  assert all(isinstance(c, np.ndarray) and c.shape[1] == 5 for chunk in chunks for c in chunk)
+  assert rel_l2(np.concatenate([c[0] for c in chunks], axis=1), full_v) <= 1e-6
+  assert rel_l2(np.concatenate([c[1] for c in chunks], axis=1), full_a) <= 1e-6
+
+
+def _resident_bytes() -> int:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory is read from /proc (Linux)")
+def test_long_stream_keeps_host_memory_flat():
+  model, params = tiny_flav()
+  init_v, init_a = noise_window(3, model, batch=1)
+  sampler = sampling.RollingSampler(Partial(lambda p, v, a, t: model.apply({"params": p}, v, a, t), params), 2)
+  resident = {}
+  for i, (frames_v, frames_a) in enumerate(sampler.stream(init_v, init_a, jax.random.key(4), chunk_frames=100)):
+    assert np.isfinite(frames_v).all() and np.isfinite(frames_a).all()
+    emitted = (i + 1) * 100
+    if emitted in (200, 2000):
+      resident[emitted] = _resident_bytes()
+    if emitted == 2000:
+      break
+  print(f"host RSS at frame 200: {resident[200] / 2**20:.1f} MiB, at frame 2000: {resident[2000] / 2**20:.1f} MiB")
+  assert resident[2000] <= 1.1 * resident[200]
+
+
+_DEVICES_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    from jax.tree_util import Partial
+    from flow_testing import noise_window, tiny_flav
+    from rflav_jax.flow import sampling
+
+    assert jax.device_count() == 8, jax.devices()
+    model, params = tiny_flav()
+    velocity_fn = Partial(lambda p, v, a, t: model.apply({"params": p}, v, a, t), params)
+    init_v, init_a = noise_window(5, model, batch=8)
+    key = jax.random.key(6)
+    one = sampling.generate(velocity_fn, init_v, init_a, 6, 2, key=key, devices=jax.devices()[:1])
+    eight = sampling.generate(velocity_fn, init_v, init_a, 6, 2, key=key)
+    try:
+      sampling.generate(velocity_fn, init_v[:3], init_a[:3], 6, 2, key=key)
+      uneven_error = ""
+    except ValueError as e:
+      uneven_error = str(e)
+    print(json.dumps({
+        "devices_used": [len(x.sharding.device_set) for x in one + eight],
+        "rel_l2": [float(np.linalg.norm(np.asarray(x) - np.asarray(y)) / np.linalg.norm(np.asarray(x)))
+                   for x, y in zip(one, eight)],
+        "uneven_error": uneven_error}))
+""")
+
+
+def test_eight_devices_give_the_frames_of_one():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+  result = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  print(report)
+  assert report["devices_used"] == [1, 1, 8, 8]
+  assert max(report["rel_l2"]) <= 1e-5
+  assert "cannot be split evenly over 8 devices" in report["uneven_error"]
+
+
+def test_bad_inputs_name_the_problem():
+  model, params = tiny_flav()
+  velocity_fn = Partial(lambda p, v, a, t: model.apply({"params": p}, v, a, t), params)
+  init_v, init_a = noise_window(0, model, batch=1)
+  with pytest.raises(ValueError, match="key"):
+    sampling.generate(velocity_fn, init_v, init_a, 3, 2)
+  with pytest.raises(ValueError, match=r"noise_v .* expected \(num_frames, B, ...\)"):
+    sampling.generate(velocity_fn, init_v, init_a, 3, 2, noise_v=init_v[:, :2], noise_a=init_a[:, :3])
+  with pytest.raises(ValueError, match="init_a"):
+    sampling.generate(velocity_fn, init_v, init_a[:, :2], 3, 2, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="steps_per_frame"):
+    sampling.RollingSampler(velocity_fn, 0)
