@@ -51,10 +51,10 @@ def forward(model: FLAV, params, batch: int, iters: int, warmup: int = 2, repeat
   """One forward pass on a full window: seconds, samples/s and achieved TFLOP/s."""
   inputs = _inputs(model, batch, jax.random.key(1))
   compiled = jax.jit(model.apply).lower({"params": params}, *inputs).compile()
-  flops = _flops(compiled)
+  total_flops = flops(compiled)
   seconds = _median_seconds(lambda: compiled({"params": params}, *inputs), iters, warmup, repeats)
-  return {"batch": batch, "seconds": seconds, "samples_per_s": batch / seconds, "tflop_per_sample": flops / batch / 1e12,
-          "tflop_per_s": flops / seconds / 1e12}
+  return {"batch": batch, "seconds": seconds, "samples_per_s": batch / seconds, "tflop_per_sample": total_flops / batch / 1e12,
+          "tflop_per_s": total_flops / seconds / 1e12}
 
 
 def rolling(model: FLAV, params, streams: int, steps_per_frame: int, frames: int, repeats: int = 3) -> dict:
@@ -102,7 +102,8 @@ def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, rep
   return {"batch": batch, "samples_per_s": batch / seconds, "peak_gb": stats.get("peak_bytes_in_use", 0) / 1e9}
 
 
-def _flops(compiled) -> float:
+def flops(compiled) -> float:
+  """FLOPs of a lowered or compiled jax program, from XLA's cost analysis."""
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return float(analysis.get("flops", 0.0))
