@@ -3,7 +3,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.tree_util import Partial
 
 from conftest import load_fixture, rel_l2
 from flow_testing import audio_layout, fixture_model, noise_window, tiny_flav, video_layout
@@ -158,3 +157,7 @@ def test_conditional_inputs_are_checked():
     sampling.Conditioning("text")
   with pytest.raises(ValueError, match="class-conditional"):
     guidance.classifier_free_guidance(model, params, 2.0)
+  conditional_model, conditional_params = tiny_flav(num_classes=3)
+  guided = guidance.classifier_free_guidance(conditional_model, conditional_params, 2.0)
+  with pytest.raises(ValueError, match="labels"):
+    guided(*noise_window(0, conditional_model, 1), np.ones((1, 4), np.float32))

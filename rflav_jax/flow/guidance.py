@@ -13,8 +13,10 @@ def _apply(model: nn.Module, params, v, a, t, labels=None):
   return model.apply({"params": params}, v, a, t, labels)
 
 
-def _apply_guided(model: nn.Module, scale: float, params, v, a, t, labels):
+def _apply_guided(model: nn.Module, scale: float, params, v, a, t, labels=None):
   """v_uncond + scale (v_cond - v_uncond), both halves in one batched call; the null label is num_classes."""
+  if labels is None:
+    raise ValueError("classifier-free guidance needs per-stream labels (B,); pass labels= to the sampler")
   batch = v.shape[0]
   null = jnp.full((batch,), model.num_classes, jnp.int32)
   both = _apply(model, params, jnp.concatenate([v, v]), jnp.concatenate([a, a]), jnp.concatenate([t, t]),

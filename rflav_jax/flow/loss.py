@@ -21,7 +21,8 @@ def _per_frame(t: jax.Array, x: jax.Array) -> jax.Array:
 
 def _check_window(name: str, x: jax.Array, like: jax.Array, batch: int, window: int) -> None:
   if x.ndim < 3 or x.shape[:2] != (batch, window):
-    raise ValueError(f"{name} has shape {x.shape}; expected (B, W, ...) = ({batch}, {window}, ...) like the video window")
+    raise ValueError(f"{name} has shape {x.shape}; expected (B, W, ...) = ({batch}, {window}, ...) "
+                     "like the video window")
   if x.shape != like.shape:
     raise ValueError(f"{name} has shape {x.shape}; expected the shape of its data, {like.shape}")
 

@@ -17,8 +17,9 @@ on its own streams, with their own random keys, and no communication. One device
 Every program is compiled once per shape and reused across calls (jit caches on a hashable `_Plan`).
 
 Random draws: stream b draws the fresh frame appended after its j-th emitted frame (video and mel
-values from one normal draw) from fold_in(keys[b], j), keys = jax.random.split(key, B); so results do not depend on how the streams are
-spread over devices, and a stream cut into chunks equals one long call. Every draw can be passed in.
+values from one normal draw) from fold_in(keys[b], j), keys = jax.random.split(key, B). So results do
+not depend on how the streams are spread over devices, and a stream cut into chunks equals one long
+call. Every draw can be passed in instead.
 """
 import dataclasses
 import functools
@@ -115,9 +116,11 @@ def guided_euler_step(velocity_fn: Callable, window: Window, t: jax.Array, dt: j
   target = given - window.given_noise
 
   def guidance_objective(x):
-    vel_v, vel_a = _call(velocity_fn, x, given_t, t_b, labels) if audio_given else _call(
-        velocity_fn, given_t, x, t_b, labels)
-    vel_x, vel_given = (vel_v, vel_a) if audio_given else (vel_a, vel_v)
+    """(J, the generated modality's velocity)."""
+    if audio_given:
+      vel_x, vel_given = _call(velocity_fn, x, given_t, t_b, labels)
+    else:
+      vel_given, vel_x = _call(velocity_fn, given_t, x, t_b, labels)
     error = jnp.mean(jnp.square(target - vel_given), axis=tuple(range(1, given.ndim)))
     return jnp.sum(error), vel_x
 
@@ -207,6 +210,9 @@ class _Plan:
   def sharded(self, local_fn, in_specs, out_specs):
     return jax.shard_map(local_fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs)
 
+  def num_preroll_steps(self, window_size: int) -> int:
+    return self.preroll_steps or window_size * self.steps_per_frame
+
 
 _BATCH, _SEQUENCE = P(STREAMS), P(None, STREAMS)  # specs of (B, ...) and (n, B, ...) arrays
 
@@ -219,8 +225,7 @@ def _swap_frames_batch(frames):
 def _compiled_preroll(plan: _Plan, velocity_arrays, labels, window):
   def local(velocity_arrays, labels, window):
     velocity_fn = _join_arrays(plan.velocity_static, velocity_arrays)
-    steps = plan.preroll_steps or window.v.shape[1] * plan.steps_per_frame
-    return _preroll(velocity_fn, plan.conditioning, labels, window, steps)
+    return _preroll(velocity_fn, plan.conditioning, labels, window, plan.num_preroll_steps(window.v.shape[1]))
 
   return plan.sharded(local, (P(), _BATCH, _BATCH), _BATCH)(velocity_arrays, labels, window)
 
@@ -241,8 +246,7 @@ def _compiled_generate(plan: _Plan, velocity_arrays, labels, window, incoming):
 
   def local(velocity_arrays, labels, window, incoming):
     velocity_fn = _join_arrays(plan.velocity_static, velocity_arrays)
-    steps = plan.preroll_steps or window.v.shape[1] * plan.steps_per_frame
-    window = _preroll(velocity_fn, plan.conditioning, labels, window, steps)
+    window = _preroll(velocity_fn, plan.conditioning, labels, window, plan.num_preroll_steps(window.v.shape[1]))
     head, last = jax.tree.map(lambda x: x[:-1], incoming), jax.tree.map(lambda x: x[-1], incoming)
     window, frames = _roll_frames(velocity_fn, plan.conditioning, labels, window, head, plan.steps_per_frame)
     window, final = _emit_and_append(window, last)
@@ -255,7 +259,6 @@ def _compiled_generate(plan: _Plan, velocity_arrays, labels, window, incoming):
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
 def _compiled_fresh_frames(mesh: Mesh, stream_keys, first, num_frames: int, frame_v: tuple, frame_a: tuple):
   """Fresh noise frames first..first+n-1 of every stream: (n, B, *frame_v), (n, B, *frame_a)."""
-
   size_v = math.prod(frame_v)
 
   def local(stream_keys, first):
@@ -443,7 +446,8 @@ def _generate_given(velocity_fn, init_generated, given, num_frames, steps_per_fr
     raise ValueError(f"{given_name} has shape {given.shape}; expected its frames (B, L, ...) with B = {batch} as in "
                      f"{generated_name}, channels-last")
   if not 1 <= num_frames <= given.shape[1]:
-    raise ValueError(f"num_frames={num_frames} must be in [1, {given.shape[1]}], the number of given {given_name} frames")
+    raise ValueError(f"num_frames={num_frames} must be in [1, {given.shape[1]}], the number of given "
+                     f"{given_name} frames")
   needed = num_frames + frames  # the first window, then one appended frame per emitted frame
   keys = jax.random.split(key, 3) if key is not None else None
   if given.shape[1] < needed:  # past its end the window is filled with N(0, 1) frames, as the official code does
@@ -455,7 +459,8 @@ def _generate_given(velocity_fn, init_generated, given, num_frames, steps_per_fr
   given = given[:, :needed]
   if given_noise is None:
     if keys is None:
-      raise ValueError(f"pass given_noise (B, num_frames + W, ...) or a key to draw the noise of the given {given_name}")
+      raise ValueError("pass given_noise (B, num_frames + W, ...) or a key to draw the noise of the given "
+                       f"{given_name}")
     given_noise = jax.random.normal(keys[1], given.shape, given.dtype)
   given_noise = jnp.asarray(given_noise)
   if given_noise.shape != given.shape:

@@ -33,7 +33,8 @@ def training_times(tw: jax.Array, rollout: jax.Array, window: int) -> jax.Array:
   tw = jnp.asarray(tw, jnp.float32)
   rollout = jnp.asarray(rollout, bool)
   if tw.ndim != 1 or rollout.shape != tw.shape:
-    raise ValueError(f"tw {tw.shape} and rollout {rollout.shape} must both be (B,); flatten a (B, 1) tw with .reshape(-1)")
+    raise ValueError(f"tw {tw.shape} and rollout {rollout.shape} must both be (B,); "
+                     "flatten a (B, 1) tw with .reshape(-1)")
   k = _frame_index(window)[None]
   rolling = (k + tw[:, None]) / window
   pre_rolling = k / window + tw[:, None]
