@@ -1,9 +1,13 @@
 """Input pipeline: per-host shards that cover the data, seeded order, batch layout, conversion, hooks."""
 import itertools
+import json
 
 import numpy as np
 import pytest
 
+from conftest import load_fixture
+from rflav_jax.codecs.sdvae import LATENT_SCALE, SdVaeCodec
+from rflav_jax.convert.sdvae import sdvae_from_diffusers
 from rflav_jax.data import pipeline, synthetic, synthetic_tfds
 
 NUM_CLIPS = 12
@@ -91,3 +95,13 @@ def test_bad_arguments_are_rejected(data, tfds_builder):
     one_pass(tfds_builder, split="validation")
   with pytest.raises(ValueError, match="cannot feed"):
     one_pass(tfds_builder, split="test", process_count=2, global_batch_size=2)
+
+
+def test_sdvae_codec_pre_encodes_batches_to_scaled_latents(data):
+  fixture = load_fixture("sdvae_small.npz")
+  state_dict = {k[len("vae/"):]: v for k, v in fixture.items() if k.startswith("vae/")}
+  codec = SdVaeCodec(*sdvae_from_diffusers(state_dict, json.loads(str(fixture["config_json"]))), chunk_size=8)
+  plain, encoded = one_pass(data)[0], one_pass(data, encode_video=codec.encode)[0]
+  assert encoded["video"].shape == (4, 4, 16, 16, 4)  # 32x32 frames -> 16x16x4 latents (downsample 2 in this VAE)
+  mean, _ = codec.encode_moments(plain["video"])
+  np.testing.assert_allclose(encoded["video"], LATENT_SCALE * mean, rtol=1e-5, atol=1e-6)
