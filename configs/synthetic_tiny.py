@@ -18,5 +18,7 @@ def get_config():
   config.codec = ml_collections.ConfigDict(dict(kind="pixel", checkpoint=""))  # or kind="sdvae" + converted folder
   config.vocoder = ml_collections.ConfigDict(dict(kind="griffin_lim", checkpoint="", griffin_lim_iters=32))
   config.sample = ml_collections.ConfigDict(dict(
-      num_streams=1, num_frames=40, chunk_frames=10, steps_per_frame=2, guidance_scale=1.0, label=0))
+      num_streams=1, num_frames=40, chunk_frames=10, steps_per_frame=2, guidance_scale=1.0, label=0,
+      # "" joint generation; "audio": video for the audio of condition_file; "video": audio for its video
+      condition="", condition_file="", condition_guidance=1.0))
   return config

@@ -20,8 +20,9 @@ from rflav_jax.codecs.pixel import PixelCodec
 from rflav_jax.codecs.sdvae import SdVaeCodec
 from rflav_jax.convert import release
 from rflav_jax.flow.guidance import classifier_free_guidance, model_velocity
-from rflav_jax.flow.sampling import RollingSampler
+from rflav_jax.flow.sampling import RollingSampler, generate_audio_from_video, generate_video_from_audio
 from rflav_jax.media.images import contact_sheet, spectrogram_image, write_png
+from rflav_jax.media.reader import read_clip
 from rflav_jax.media.writer import Mp4Writer
 from rflav_jax.models.flav import FLAV, PRESETS, flav_args, flav_from_config
 
@@ -104,31 +105,60 @@ def _to_uint8(frames: np.ndarray) -> np.ndarray:
   return np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def _velocity_and_labels(model: FLAV, params, opts, batch: int):
+  """The velocity function (classifier-free guided when asked) and the (B,) labels, or None, of config.sample."""
+  if not model.num_classes:
+    return model_velocity(model, params), None
+  if not 0 <= opts.label <= model.num_classes:
+    raise ValueError(f"config.sample.label={opts.label}: expected 0..{model.num_classes} ({model.num_classes} = null)")
+  labels = jnp.full((batch,), opts.label, jnp.int32)
+  if opts.guidance_scale != 1.0:
+    return classifier_free_guidance(model, params, opts.guidance_scale), labels
+  return model_velocity(model, params), labels
+
+
+def _write_previews(output_dir: pathlib.Path, frames: np.ndarray, mel: np.ndarray, columns: int) -> None:
+  """stream_0_frames.png (contact sheet of uint8 frames (T, H, W, 3)) and stream_0_mel.png (mel (T, F, N))."""
+  write_png(output_dir / "stream_0_frames.png", contact_sheet(frames, columns=columns))
+  write_png(output_dir / "stream_0_mel.png", spectrogram_image(audio.mel_from_frames(mel)))
+
+
 def sample(config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
-  """Generates config.sample.num_frames frames per stream into output_dir; returns the mp4 paths."""
+  """Generates config.sample.num_frames frames per stream into output_dir; returns the mp4 paths.
+
+  config.sample.condition selects joint generation ("", streamed chunk by chunk), video for the audio of
+  config.sample.condition_file ("audio") or audio for its video ("video"), with gradient guidance of scale
+  config.sample.condition_guidance; the given modality is written unchanged beside the generated one.
+  """
   opts = config.sample
   if opts.num_frames < 1 or opts.chunk_frames < 1:
     raise ValueError(f"config.sample.num_frames={opts.num_frames} and chunk_frames={opts.chunk_frames} must be >= 1")
+  if opts.condition not in ("", "audio", "video"):
+    raise ValueError(f"config.sample.condition={opts.condition!r}: expected '' (joint), 'audio' or 'video'")
   output_dir = pathlib.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
   model, params = build_model(config)
   codec = build_video_codec(config.codec, model)
+  vocoder = _Vocoder(config.vocoder, config.audio_scale, model.n_mels)
+  paths = [output_dir / f"stream_{i}.mp4" for i in range(opts.num_streams)]
+  if opts.condition:
+    _sample_conditional(config, model, params, codec, vocoder, paths)
+  else:
+    _sample_joint(config, model, params, codec, vocoder, paths)
+  return paths
+
+
+def _sample_joint(config, model: FLAV, params, codec, vocoder: _Vocoder, paths: list[pathlib.Path]) -> None:
+  """Joint generation streamed to the mp4 files chunk by chunk."""
+  opts = config.sample
   batch, window = opts.num_streams, model.predict_frames
-  labels = None
-  velocity = model_velocity(model, params)
-  if model.num_classes:
-    if not 0 <= opts.label <= model.num_classes:
-      raise ValueError(f"config.sample.label={opts.label}: expected 0..{model.num_classes} ({model.num_classes} = null)")
-    labels = jnp.full((batch,), opts.label, jnp.int32)
-    if opts.guidance_scale != 1.0:
-      velocity = classifier_free_guidance(model, params, opts.guidance_scale)
+  velocity, labels = _velocity_and_labels(model, params, opts, batch)
   sampler = RollingSampler(velocity, opts.steps_per_frame)
   key_v, key_a, key_stream = jax.random.split(jax.random.key(config.seed), 3)
   init_v = jax.random.normal(key_v, (batch, window, model.latent_size, model.latent_size, model.in_channels))
   init_a = jax.random.normal(key_a, (batch, window, model.audio_columns, model.n_mels))
   chunks = sampler.stream(init_v, init_a, key_stream, opts.chunk_frames, labels)
 
-  paths = [output_dir / f"stream_{i}.mp4" for i in range(batch)]
   writers = [Mp4Writer(p, fps=FPS, sample_rate=SAMPLE_RATE) for p in paths]
   samples_per_frame = SAMPLE_RATE // FPS
   pending_video = np.zeros((batch, 0), np.uint8)  # frames waiting for their audio (HiFi-GAN lags by its context)
@@ -152,7 +182,6 @@ def sample(config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
                    (opts.num_frames - done) * batch / rate)
       yield frames_a[:, :take]
 
-  vocoder = _Vocoder(config.vocoder, config.audio_scale, model.n_mels)
   try:
     for wav in vocoder.stream(generated_mel()):
       pending_audio = np.concatenate([pending_audio, wav], axis=1)
@@ -164,6 +193,35 @@ def sample(config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
   finally:
     for writer in writers:
       writer.close()
-  write_png(output_dir / "stream_0_frames.png", contact_sheet(np.stack(first_frames[:2 * window]), columns=window))
-  write_png(output_dir / "stream_0_mel.png", spectrogram_image(audio.mel_from_frames(np.concatenate(mels))))
-  return paths
+  _write_previews(paths[0].parent, np.stack(first_frames[:2 * window]), np.concatenate(mels), window)
+
+
+def _sample_conditional(config, model: FLAV, params, codec, vocoder: _Vocoder, paths: list[pathlib.Path]) -> None:
+  """One modality generated for the other one of config.sample.condition_file (whole clip in memory)."""
+  opts = config.sample
+  batch, window, num_frames = opts.num_streams, model.predict_frames, opts.num_frames
+  clip = read_clip(opts.condition_file, fps=FPS, sample_rate=SAMPLE_RATE,
+                   resolution=model.latent_size * codec.downsample_factor)
+  if len(clip.video) < num_frames:
+    raise ValueError(f"{opts.condition_file} has {len(clip.video)} frames at {FPS} fps; set config.sample.num_frames "
+                     f"<= {len(clip.video)}")
+  velocity, labels = _velocity_and_labels(model, params, opts, batch)
+  key_init, key = jax.random.split(jax.random.key(config.seed))
+  repeat = lambda x: np.repeat(np.asarray(x)[None], batch, axis=0)
+  given_audio = clip.audio[:num_frames * SAMPLE_RATE // FPS] / 32768.0
+  if opts.condition == "audio":
+    mel = config.audio_scale * audio.frames_from_mel(audio.mel_from_waveform(clip.audio))
+    init_v = jax.random.normal(key_init, (batch, window, model.latent_size, model.latent_size, model.in_channels))
+    generated = generate_video_from_audio(velocity, init_v, repeat(mel), num_frames, opts.steps_per_frame,
+                                          guidance_scale=opts.condition_guidance, key=key, labels=labels)
+    video, wav, mel = _to_uint8(codec.decode(np.asarray(generated))), repeat(given_audio), mel[:num_frames]
+  else:
+    init_a = jax.random.normal(key_init, (batch, window, model.audio_columns, model.n_mels))
+    mel = np.asarray(generate_audio_from_video(velocity, init_a, repeat(codec.encode(clip.video)), num_frames,
+                                               opts.steps_per_frame, guidance_scale=opts.condition_guidance, key=key,
+                                               labels=labels))
+    video, wav, mel = repeat(clip.video[:num_frames]), np.concatenate(list(vocoder.stream([mel])), axis=1), mel[0]
+  for b, path in enumerate(paths):
+    with Mp4Writer(path, fps=FPS, sample_rate=SAMPLE_RATE) as writer:
+      writer.write(video[b], wav[b])
+  _write_previews(paths[0].parent, video[0, :2 * window], mel, window)

@@ -25,6 +25,10 @@ class VideoCodec(Protocol):
   def latent_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int, int]:
     """(H, W) of a frame -> (h, w, c) of its encoding."""
 
+  @property
+  def downsample_factor(self) -> int:
+    """Frame pixels per latent position along each axis (H = h * factor)."""
+
 
 def to_signed_unit(frames) -> np.ndarray:
   """uint8 frames in [0, 255] -> float32 in [-1, 1]; float frames (already in [-1, 1]) -> float32 as is."""
@@ -41,6 +45,8 @@ class PixelCodec:
 
   def __init__(self, channels: int = 3):
     self.channels = channels
+
+  downsample_factor = 1
 
   def latent_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int, int]:
     return (*frame_shape, self.channels)

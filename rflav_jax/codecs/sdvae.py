@@ -305,9 +305,13 @@ class SdVaeCodec:
   def __init__(self, model: AutoencoderKL, params, chunk_size: int = 16):
     self.model, self.params, self.chunk_size = model, params, chunk_size
 
+  @property
+  def downsample_factor(self) -> int:
+    return self.model.config.downsample_factor
+
   def latent_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int, int]:
     """(H, W) of a frame -> (h, w, channels) of its latent."""
-    f = self.model.config.downsample_factor
+    f = self.downsample_factor
     height, width = frame_shape
     if height % f or width % f:
       raise ValueError(f"frame size {frame_shape} is not a multiple of the VAE's downsampling factor {f}; "
