@@ -82,6 +82,17 @@ def read_config_json(folder: pathlib.Path) -> dict:
   return json.loads(path.read_text())
 
 
+def read_release(folder: str | os.PathLike, weights: str | None = None,
+                 what: str = "release folder (weights + config.json)") -> tuple[Any, dict, pathlib.Path]:
+  """(checkpoint, config.json dict, weight file path) of a release folder; `what` describes it in errors."""
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    raise FileNotFoundError(f"{folder} does not exist; pass a {what}")
+  config = read_config_json(folder)
+  path = find_weights(folder, weights)
+  return read_checkpoint(path), config, path
+
+
 def _read_torch_zip(path: pathlib.Path) -> Any:
   with zipfile.ZipFile(path) as archive:
     pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]

@@ -16,7 +16,7 @@ import numpy as np
 
 from rflav_jax.codecs.hifigan import HifiGanConfig, HifiGanGenerator
 from rflav_jax.convert import param_mapping
-from rflav_jax.convert.checkpoint_io import find_weights, read_checkpoint, read_config_json
+from rflav_jax.convert.checkpoint_io import read_release
 from rflav_jax.convert.param_mapping import CONV, IDENTITY, Layout, Source
 
 # (magnitude, direction) suffixes of weight-normalised tensors, old and new torch naming.
@@ -97,9 +97,5 @@ def hifigan_from_official(state_dict: Mapping[str, Any], config: Mapping[str, An
 def hifigan_from_folder(folder: str | pathlib.Path, weights: str | None = None,
                         dtype=jnp.float32) -> tuple[HifiGanGenerator, dict]:
   """(model, params) from a vocoder folder: config.json + the generator checkpoint (e.g. vocoder.pt)."""
-  folder = pathlib.Path(folder)
-  if not folder.is_dir():
-    raise FileNotFoundError(f"vocoder folder {folder} does not exist; pass the folder holding config.json and "
-                            "vocoder.pt.")
-  state_dict = read_checkpoint(find_weights(folder, weights))
-  return hifigan_from_official(state_dict, read_config_json(folder), dtype)
+  state_dict, config, _ = read_release(folder, weights, "vocoder folder: config.json + vocoder.pt")
+  return hifigan_from_official(state_dict, config, dtype)

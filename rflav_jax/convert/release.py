@@ -9,7 +9,7 @@ import pathlib
 from rflav_jax.codecs.hifigan import HifiGanConfig, HifiGanGenerator
 from rflav_jax.codecs.sdvae import AutoencoderKL, VaeConfig
 from rflav_jax.convert import export, flav, hifigan, sdvae
-from rflav_jax.convert.checkpoint_io import find_weights, read_checkpoint, read_config_json
+from rflav_jax.convert.checkpoint_io import read_release
 from rflav_jax.models.flav import flav_args, flav_from_config
 
 KINDS = ("flav", "sdvae", "vocoder")
@@ -20,12 +20,7 @@ def convert_release(kind: str, folder, output_dir, *, weights: str | None = None
   """Release folder of `kind` -> Orbax params + config.py in output_dir; returns output_dir."""
   if kind not in KINDS:
     raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
-  folder = pathlib.Path(folder)
-  if not folder.is_dir():
-    raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
-  config = read_config_json(folder)
-  path = find_weights(folder, weights)
-  checkpoint = read_checkpoint(path)
+  checkpoint, config, path = read_release(folder, weights)
   if kind == "flav":
     model, params = flav.flav_from_official(flav.select_state_dict(checkpoint, use_ema), **config)
     config = flav_args(model)

@@ -15,7 +15,7 @@ import numpy as np
 
 from rflav_jax.codecs.sdvae import AutoencoderKL, VaeConfig
 from rflav_jax.convert import param_mapping
-from rflav_jax.convert.checkpoint_io import find_weights, read_checkpoint, read_config_json
+from rflav_jax.convert.checkpoint_io import read_release
 from rflav_jax.convert.param_mapping import CONV, IDENTITY, LINEAR, Source
 
 # Current diffusers attention names -> the names of older releases.
@@ -66,9 +66,6 @@ def sdvae_from_folder(folder: str | pathlib.Path, weights: str | None = None,
 
   `weights` names the weight file when the folder holds several (e.g. fp16 and fp32 variants).
   """
-  folder = pathlib.Path(folder)
-  if not folder.is_dir():
-    raise FileNotFoundError(f"SD-VAE folder {folder} does not exist; pass the folder holding config.json and "
-                            "diffusion_pytorch_model.safetensors (the 'vae' subfolder of a diffusers pipeline).")
-  state_dict = read_checkpoint(find_weights(folder, weights))
-  return sdvae_from_diffusers(state_dict, read_config_json(folder), dtype)
+  state_dict, config, _ = read_release(folder, weights, "diffusers VAE folder: config.json + "
+                                       "diffusion_pytorch_model.safetensors (the 'vae' subfolder of a pipeline)")
+  return sdvae_from_diffusers(state_dict, config, dtype)
