@@ -48,7 +48,7 @@ class FLAVBlock(nn.Module):
   @nn.compact
   def __call__(self, v, a, c_v, c_a):
     """v (B, T, L, D), a (B, T, F, D), c_v / c_a (B, T, D) -> updated (v, a)."""
-    batch, frames, num_patches, width = v.shape
+    batch, frames, _, width = v.shape
     columns = a.shape[2]
     attention = functools.partial(Attention, self.num_heads, self.dtype, self.attention_impl)
     norm = lambda x: layer_norm(self.dtype)(x)
