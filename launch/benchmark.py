@@ -9,11 +9,11 @@ docs/PERFORMANCE.md.
 import json
 
 import jax
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from rflav_jax import benchmarking
+from rflav_jax import cli
 from rflav_jax.models.flav import flav_from_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_cpu.py", "Benchmark config file.")
@@ -47,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

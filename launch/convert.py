@@ -9,9 +9,9 @@ A release folder holds the weights and a config.json:
 PyTorch files are read without PyTorch. The output folder gets `params/` (Orbax) and `config.py`, which the
 other launchers take (e.g. `--config.checkpoint=<folder>`).
 """
-from absl import app
 from absl import flags
 
+from rflav_jax import cli
 from rflav_jax.convert import release
 
 _KIND = flags.DEFINE_enum("kind", "flav", release.KINDS,
@@ -32,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,9 +7,9 @@ source_dir holds train/ and test/ (one sub-folder per class with --labelled). Ea
 non-overlapping windows of --clip_frames frames; unreadable files, files without audio and files shorter
 than one window are skipped and listed in build_report.json next to the dataset. Prints the report.
 """
-from absl import app
 from absl import flags
 
+from rflav_jax import cli
 from rflav_jax.data import avfolder
 from rflav_jax.media.reader import CHANNEL_MODES
 
@@ -34,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,11 +7,11 @@ r"""Generates audio-video streams with a FLAV model and writes them as mp4 (plus
 
 Every config field can be overridden on the command line (--config.sample.guidance_scale=2).
 """
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from rflav_jax import cli
 from rflav_jax import sample
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sampling config file.")
@@ -26,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
