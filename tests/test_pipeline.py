@@ -105,3 +105,35 @@ def test_sdvae_codec_pre_encodes_batches_to_scaled_latents(data):
   assert encoded["video"].shape == (4, 4, 16, 16, 4)  # 32x32 frames -> 16x16x4 latents (downsample 2 in this VAE)
   mean, _ = codec.encode_moments(plain["video"])
   np.testing.assert_allclose(encoded["video"], LATENT_SCALE * mean, rtol=1e-5, atol=1e-6)
+
+
+def test_resuming_at_a_step_reads_the_same_batches(data):
+  kwargs = dict(global_batch_size=4, seed=5, process_index=0, process_count=1, local_device_count=1, window_frames=3)
+  straight = list(itertools.islice(pipeline.make_pipeline(data, **kwargs), 7))
+  resumed = list(itertools.islice(pipeline.make_pipeline(data, start_step=4, **kwargs), 3))
+  for a, b in zip(straight[4:], resumed):
+    for name in pipeline.FEATURES:
+      np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_global_batch_does_not_depend_on_the_host_count(data):
+  read = lambda hosts: [np.concatenate([next(itertools.islice(pipeline.make_pipeline(
+      data, global_batch_size=4, seed=2, start_step=step, process_index=i, process_count=hosts,
+      local_device_count=1), 1))["video"] for i in range(hosts)]) for step in range(5)]
+  for one, two in zip(read(1), read(2)):
+    np.testing.assert_array_equal(one, two)
+
+
+def test_window_crops_consecutive_frames_at_seeded_offsets(data):
+  batches = one_pass(data, window_frames=2, seed=4)
+  assert batches[0]["video"].shape == (4, 2, 32, 32, 3)
+  full = one_pass(data, seed=4)
+  offsets = set()
+  for cropped, whole in zip(batches, full):
+    for c, w in zip(cropped["video"], whole["video"]):
+      matches = [o for o in range(3) if np.array_equal(c, w[o:o + 2])]
+      assert matches, "the crop is not a run of consecutive frames of its clip"
+      offsets.add(matches[0])
+  assert len(offsets) > 1  # offsets vary over examples
+  with pytest.raises(ValueError, match="window_frames=5"):
+    one_pass(data, window_frames=5)

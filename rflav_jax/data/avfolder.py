@@ -181,7 +181,8 @@ def build_avfolder(source_dir: str | os.PathLike, data_dir: str | os.PathLike, *
   report_path = pathlib.Path(builder.data_dir) / REPORT_NAME
   if report_path.exists():
     return BuildReport.load(report_path)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(source)))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(source)),
+                               file_format="array_record")  # random access for the input pipeline
   report = BuildReport(
       dataset_dir=os.fspath(builder.data_dir),
       examples={split: builder.info.splits[split].num_examples if split in builder.info.splits else 0

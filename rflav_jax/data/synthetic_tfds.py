@@ -76,5 +76,5 @@ def build_bouncing_ball(data_dir: str | os.PathLike, *, resolution: int = 32, nu
   config = _config(resolution, num_frames, num_train, num_test, seed)
   preset = {c.name: c for c in BouncingBallAv.BUILDER_CONFIGS}.get(config.name)
   builder = BouncingBallAv(config=preset or config, data_dir=os.fspath(data_dir))
-  builder.download_and_prepare()
+  builder.download_and_prepare(file_format="array_record")  # random access for the input pipeline
   return builder
