@@ -40,6 +40,11 @@ def to_signed_unit(frames) -> np.ndarray:
   return frames.astype(np.float32)
 
 
+def to_uint8(frames) -> np.ndarray:
+  """Frames in [-1, 1] (any shape) -> uint8 in [0, 255], rounded and clipped: the inverse of `to_signed_unit`."""
+  return np.clip(np.round((np.asarray(frames, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 class PixelCodec:
   """Identity codec: the model sees the frames themselves, scaled to [-1, 1]."""
 

@@ -7,12 +7,11 @@ import re
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rflav_jax.convert import param_mapping
 from rflav_jax.convert.param_mapping import CONV, IDENTITY, LINEAR, Layout, Source
-from rflav_jax.models.flav import FLAV
+from rflav_jax.models.flav import FLAV, dummy_inputs
 
 # Arguments of the official FLAV constructor (and of a release's config.json) -> FLAV attributes.
 OFFICIAL_ARGS = {
@@ -72,12 +71,7 @@ def model_from_official_args(**official_kwargs) -> FLAV:
 
 def abstract_params(model: FLAV) -> dict:
   """The model's parameter tree as ShapeDtypeStructs (no computation)."""
-  size, frames = model.latent_size, model.predict_frames
-  v = jnp.zeros((1, frames, size, size, model.in_channels))
-  a = jnp.zeros((1, frames, model.audio_columns, model.n_mels))
-  t = jnp.zeros((1, frames))
-  y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
-  return jax.eval_shape(model.init, jax.random.key(0), v, a, t, y)["params"]
+  return jax.eval_shape(model.init, jax.random.key(0), *dummy_inputs(model))["params"]
 
 
 def flav_from_official(state_dict: Mapping[str, np.ndarray], **official_kwargs) -> tuple[FLAV, dict]:

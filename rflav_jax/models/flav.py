@@ -248,3 +248,18 @@ def flav_args(model: FLAV) -> dict:
   args = {f: getattr(model, f) for f in FLAV.__dataclass_fields__ if f not in ("parent", "name")}
   args["dtype"] = jnp.dtype(args["dtype"]).name
   return args
+
+
+def dummy_inputs(model: FLAV, batch: int = 1) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+  """Zero inputs of the model's shapes: v (B, T, H, W, C), a (B, T, F, N), t (B, T) float32, y (B,) int32 or None."""
+  frames, size = model.predict_frames, model.latent_size
+  v = jnp.zeros((batch, frames, size, size, model.in_channels))
+  a = jnp.zeros((batch, frames, model.audio_columns, model.n_mels))
+  y = jnp.zeros((batch,), jnp.int32) if model.num_classes else None
+  return v, a, jnp.zeros((batch, frames)), y
+
+
+def init_params(model: FLAV, key_or_seed: jax.Array | int = 0) -> dict:
+  """Freshly initialised params of `model` from a jax.random key or an int seed."""
+  key = jax.random.key(key_or_seed) if isinstance(key_or_seed, int) else key_or_seed
+  return jax.jit(model.init)(key, *dummy_inputs(model))["params"]

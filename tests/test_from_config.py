@@ -1,0 +1,85 @@
+"""Configs -> (model, params), codecs and vocoders: fresh and converted weights, config/checkpoint agreement."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from rflav_jax.codecs.sdvae import AutoencoderKL, SdVaeCodec, VaeConfig
+from rflav_jax.convert import export
+from rflav_jax.convert.from_config import build_flav, build_video_codec, build_vocoder, check_config_matches
+from rflav_jax.models.flav import FLAV, dummy_inputs, flav_args, init_params
+
+TINY = dict(latent_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=3,
+            predict_frames=4, n_mels=16)
+
+
+def test_dummy_inputs_fit_the_model():
+  model = FLAV(**TINY)
+  v, a, t, y = dummy_inputs(model, batch=2)
+  assert (v.shape, a.shape, t.shape, y.shape, y.dtype) == ((2, 4, 8, 8, 3), (2, 4, 10, 16), (2, 4), (2,), jnp.int32)
+  assert dummy_inputs(FLAV(**{**TINY, "num_classes": 0}))[3] is None
+  params = init_params(model, 1)
+  assert model.apply({"params": params}, v, a, t, y)[0].shape == v.shape
+  same = jax.tree.map(np.array_equal, params, init_params(model, jax.random.key(1)))
+  assert all(jax.tree.leaves(same))  # an int seed and its key give the same weights
+
+
+def test_converted_folder_round_trip_and_runtime_overrides(tmp_path):
+  config = ml_collections.ConfigDict(TINY)
+  model, params = build_flav(config, seed=3)
+  folder = export.save_converted(tmp_path / "flav", "flav", params, flav_args(model), "test")
+  config.update(dtype="bfloat16", remat=True, class_dropout_prob=0.0)  # runtime settings may change
+  restored, restored_params = build_flav(config, str(folder))
+  assert (restored.dtype, restored.remat, restored.depth) == (jnp.bfloat16, True, 1)
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params, restored_params)))
+  del config.hidden_size  # fields the config leaves out come from the checkpoint
+  assert build_flav(config, str(folder))[0].hidden_size == 32
+
+
+def test_every_contradiction_is_named():
+  stored = flav_args(FLAV(**TINY))
+  check_config_matches({**TINY, "dtype": "bfloat16", "attention_impl": "cudnn"}, stored, "the checkpoint in x")
+  with pytest.raises(ValueError) as error:
+    check_config_matches({**TINY, "hidden_size": 64, "depth": 2, "dtype": "bfloat16"}, stored, "the checkpoint in x")
+  message = str(error.value)
+  assert "config.model.hidden_size=64 but the checkpoint in x has 32" in message
+  assert "config.model.depth=2 but the checkpoint in x has 1" in message and "dtype" not in message
+  # Presets expand on both sides; explicit values override the preset.
+  check_config_matches({"preset": "FLAV-S/2", "n_mels": 16}, {**flav_args(FLAV(depth=12, hidden_size=384,
+                       num_heads=6, patch_size=2)), "n_mels": 16}, "run")
+  with pytest.raises(ValueError, match="config.model.patch_size=4 but run has 2"):
+    check_config_matches({"preset": "FLAV-S/4"}, {"preset": "FLAV-S/2"}, "run")
+  with pytest.raises(ValueError, match=r"config.model sets \['hiden_size'\], which are not FLAV attributes"):
+    check_config_matches({"hiden_size": 32}, stored, "run")
+
+
+def test_bad_folders_are_named_before_loading(tmp_path):
+  config = ml_collections.ConfigDict(TINY)
+  with pytest.raises(ValueError, match="does not exist.*launch.convert --kind=flav"):
+    build_flav(config, str(tmp_path / "missing"))
+  with pytest.raises(ValueError, match="holds no config.py"):
+    build_flav(config, str(tmp_path))
+  export.save_converted(tmp_path / "vocoder", "vocoder", {"w": np.zeros(1)}, {"num_mels": 16}, "test")
+  with pytest.raises(ValueError, match="holds a converted 'vocoder', not a 'flav'"):
+    build_flav(config, str(tmp_path / "vocoder"))
+  codec = ml_collections.ConfigDict(dict(kind="sdvae", checkpoint=str(tmp_path / "vocoder")))
+  with pytest.raises(ValueError, match="not a 'sdvae'"):
+    build_video_codec(codec, FLAV(**TINY))
+  vocoder = ml_collections.ConfigDict(dict(kind="hifigan", checkpoint="", griffin_lim_iters=8))
+  with pytest.raises(ValueError, match="config.vocoder.checkpoint"):
+    build_vocoder(vocoder, 1.0, 16)
+
+
+def test_sdvae_codec_from_a_converted_folder(tmp_path):
+  vae = VaeConfig.from_diffusers({"block_out_channels": [32, 32], "norm_num_groups": 8, "latent_channels": 3})
+  model = AutoencoderKL(vae)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))["params"]
+  folder = export.save_converted(tmp_path / "vae", "sdvae", params, dataclasses.asdict(vae), "test")
+  codec = build_video_codec(ml_collections.ConfigDict(dict(kind="sdvae", checkpoint=str(folder))), FLAV(**TINY))
+  assert isinstance(codec, SdVaeCodec) and codec.decode(np.zeros((1, 8, 8, 3))).shape == (1, 16, 16, 3)
+  with pytest.raises(ValueError, match="makes 3-channel latents; the model takes in_channels=4"):
+    build_video_codec(ml_collections.ConfigDict(dict(kind="sdvae", checkpoint=str(folder))),
+                      FLAV(**{**TINY, "in_channels": 4}))
