@@ -72,8 +72,11 @@ def test_pickles_that_would_run_code_are_refused(tmp_path):
   with pytest.raises(CheckpointFormatError, match="torch.nn.modules.linear.Linear.*state_dict"):
     read_checkpoint(tmp_path / "module.pt")
   (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-  with pytest.raises(CheckpointFormatError, match="legacy format"):
+  with pytest.raises(CheckpointFormatError, match="junk.pt: not a safetensors, npz or PyTorch zip"):
     read_checkpoint(tmp_path / "junk.pt")
+  torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+  with pytest.raises(CheckpointFormatError, match="legacy.pt: written in torch's legacy format"):
+    read_checkpoint(tmp_path / "legacy.pt")
 
 
 def test_convert_launcher_documents_every_flag():
