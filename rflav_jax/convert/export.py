@@ -64,8 +64,10 @@ def restore_params(checkpoint: str | pathlib.Path, abstract_params: Any) -> Any:
   mismatched = [f"  {'/'.join(path)}: checkpoint {restored[path].shape}, model expects {tuple(leaf.shape)}"
                 for path, leaf in expected.items() if restored[path].shape != tuple(leaf.shape)]
   if mismatched:
+    more = [f"  ... and {len(mismatched) - 10} more"] if len(mismatched) > 10 else []
     raise CheckpointFormatError("\n".join([
-        f"{checkpoint}: shape mismatch between the params and the model that config.py describes:", *mismatched,
+        f"{checkpoint}: shape mismatch between the params and the model that config.py describes:", *mismatched[:10],
+        *more,
         "Did config.py or an override change a size (hidden_size, depth, ...)? Convert the weights again."]))
   return params
 
