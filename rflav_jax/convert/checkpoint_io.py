@@ -283,7 +283,7 @@ class _Storages:
   """The archive's storages as flat numpy arrays, read once each."""
 
   def __init__(self, reader: _ZipReader, root: str, byteorder: str, path: pathlib.Path):
-    self._reader, self._root, self._byteorder, self._path = reader, root, byteorder, path
+    self._reader, self._root, self._byteorder, self.path = reader, root, byteorder, path
     self._arrays = {}
 
   def get(self, ref: _StorageRef, tensor: str) -> np.ndarray:
@@ -291,7 +291,7 @@ class _Storages:
       return self._arrays[ref.key]
     member = f"{self._root}data/{ref.key}"
     nbytes, itemsize = self._reader.size(member), ref.storage_type.dtype.itemsize
-    where = f"{self._path}: tensor {tensor!r}: storage {ref.key}"
+    where = f"{self.path}: tensor {tensor!r}: storage {ref.key}"
     if nbytes is None:
       raise CheckpointFormatError(f"{where}: the archive has no record {member}")
     if nbytes % itemsize:
@@ -307,7 +307,7 @@ class _Storages:
 def _materialise(obj: Any, name: str, storages: _Storages, depth: int) -> Any:
   """`obj` with every _TensorRecord replaced by a checked view of its storage; `name` is obj's path in errors."""
   if depth > _MAX_NESTING:
-    raise CheckpointFormatError(f"{storages._path}: {name!r} is nested more than {_MAX_NESTING} levels deep")  # pylint: disable=protected-access
+    raise CheckpointFormatError(f"{storages.path}: {name!r} is nested more than {_MAX_NESTING} levels deep")
   if isinstance(obj, _TensorRecord):
     return _tensor_view(obj, name, storages)
   if isinstance(obj, dict):
@@ -317,12 +317,12 @@ def _materialise(obj: Any, name: str, storages: _Storages, depth: int) -> Any:
     return items if isinstance(obj, list) else tuple(items)
   if isinstance(obj, (str, bytes, int, float, complex, type(None))):
     return obj
-  raise CheckpointFormatError(f"{storages._path}: {name!r} is a {type(obj).__name__}, not data")  # pylint: disable=protected-access
+  raise CheckpointFormatError(f"{storages.path}: {name!r} is a {type(obj).__name__}, not data")
 
 
 def _tensor_view(record: _TensorRecord, name: str, storages: _Storages) -> np.ndarray:
   """The tensor as a view of its storage, after checking offset, size and stride against the storage's length."""
-  where = f"{storages._path}: tensor {name!r}"  # pylint: disable=protected-access
+  where = f"{storages.path}: tensor {name!r}"
   ref, offset, size, stride = record.storage, record.offset, record.size, record.stride
   if not isinstance(ref, _StorageRef):
     raise CheckpointFormatError(f"{where}: its storage is a {type(ref).__name__}, not a storage record")
