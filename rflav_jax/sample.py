@@ -1,11 +1,15 @@
-"""End-to-end generation: FLAV + rolling sampler + video codec + vocoder -> mp4 files streamed to disk.
+"""The generation loop: FLAV + rolling sampler + video codec + vocoder -> mp4 files streamed to disk.
 
-`sample(config, output_dir)` writes `stream_<i>.mp4` (H.264 + AAC, 10 fps, 16 kHz) for each of the
-config.sample.num_streams independent streams, and for stream 0 `stream_0_frames.png` (a contact sheet of
-its first frames) and `stream_0_mel.png` (its generated spectrogram). The window stays on the devices; each chunk of
-frames is decoded, vocoded and appended to the files at once, so memory does not grow with the length.
+`sample(config, output_dir)` builds the model of config.model / config.checkpoint and runs `sample_with`,
+which the trainer also calls with in-memory weights. Each writes `stream_<i>.mp4` (H.264 + AAC, 10 fps,
+16 kHz) for each of the config.sample.num_streams streams, and for stream 0 `stream_0_frames.png` (a contact
+sheet) and `stream_0_mel.png` (a spectrogram) of its first 2 W frames (W: the model's window). Joint
+generation decodes, vocodes and appends each chunk at once, so memory stays flat for any length.
+
+Every input is checked before the first network call; progress is logged from the first call on.
 """
-import dataclasses
+import math
+import os
 import pathlib
 import time
 
@@ -15,112 +19,22 @@ import numpy as np
 from absl import logging
 
 from rflav_jax.codecs import audio
-from rflav_jax.codecs.hifigan import vocode_stream
-from rflav_jax.codecs.pixel import PixelCodec
-from rflav_jax.codecs.sdvae import SdVaeCodec
-from rflav_jax.convert import release
+from rflav_jax.codecs.pixel import to_uint8
+from rflav_jax.convert.from_config import build_flav, build_video_codec, build_vocoder
 from rflav_jax.flow.guidance import classifier_free_guidance, model_velocity
+from rflav_jax.flow.progress import CallProgress, counted
 from rflav_jax.flow.sampling import RollingSampler, generate_audio_from_video, generate_video_from_audio
+from rflav_jax.media import MediaError, NoAudioTrackError, letterbox, read_audio, read_video
+from rflav_jax.media.align import FrameAligner
 from rflav_jax.media.images import contact_sheet, spectrogram_image, write_png
-from rflav_jax.media.reader import read_clip
 from rflav_jax.media.writer import Mp4Writer
-from rflav_jax.models.flav import FLAV, PRESETS, flav_args, flav_from_config
+from rflav_jax.models.flav import FLAV
 
 FPS, SAMPLE_RATE = 10, 16000
-# Model settings that do not change the weights: a config may set them freely over a checkpoint's.
-_RUNTIME_ARGS = ("dtype", "attention_impl", "remat", "remat_policy", "class_dropout_prob")
-
-
-def build_model(config) -> tuple[FLAV, dict]:
-  """The model of config.model with the weights of config.checkpoint, or freshly initialised from config.seed."""
-  if not config.checkpoint:
-    model = flav_from_config(config.model)
-    v, a, t = (jnp.zeros((1, model.predict_frames, *shape)) for shape in (
-        (model.latent_size, model.latent_size, model.in_channels), (model.audio_columns, model.n_mels), ()))
-    y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
-    return model, jax.jit(model.init)(jax.random.key(config.seed), v, a, t, y)["params"]
-  runtime = {k: v for k, v in config.model.items() if k in _RUNTIME_ARGS}
-  model, params = release.load_flav(config.checkpoint, **runtime)
-  check_config_matches(config.model, model)
-  return model, params
-
-
-def check_config_matches(model_config, model: FLAV) -> None:
-  """Raises ValueError naming every config.model value that contradicts the checkpoint's model."""
-  wanted = dict(model_config)
-  wanted.update(PRESETS.get(wanted.pop("preset", None), {}))
-  have = flav_args(model)
-  wrong = [f"config.model.{k}={v!r} but the checkpoint has {have[k]!r}" for k, v in sorted(wanted.items())
-           if k not in _RUNTIME_ARGS and k in have and have[k] != v]
-  if wrong:
-    raise ValueError("the config contradicts the checkpoint:\n  " + "\n  ".join(wrong) +
-                     "\nFix the config (or drop those fields: the checkpoint's config.py defines the model).")
-
-
-def build_video_codec(codec_config, model: FLAV):
-  """PixelCodec, or SdVaeCodec from a converted SD-VAE folder."""
-  if codec_config.kind == "pixel":
-    return PixelCodec(model.in_channels)
-  if codec_config.kind == "sdvae":
-    if not codec_config.checkpoint:
-      raise ValueError("config.codec.kind='sdvae' needs config.codec.checkpoint: a folder from "
-                       "`python -m launch.convert --kind=sdvae`")
-    return SdVaeCodec(*release.load_sdvae(codec_config.checkpoint))
-  raise ValueError(f"config.codec.kind={codec_config.kind!r}: expected 'pixel' or 'sdvae'")
-
-
-@dataclasses.dataclass
-class _Vocoder:
-  """Turns generated mel chunks (B, n, F, N) (model scale) into waveform pieces (B, samples) in [-1, 1]."""
-  config: object
-  audio_scale: float
-  n_mels: int
-
-  def __post_init__(self):
-    self._hifigan = None
-    if self.config.kind == "hifigan":
-      if not self.config.checkpoint:
-        raise ValueError("config.vocoder.kind='hifigan' needs config.vocoder.checkpoint: a folder from "
-                         "`python -m launch.convert --kind=vocoder`")
-      self._hifigan = release.load_vocoder(self.config.checkpoint)
-      vocoder = self._hifigan[0].config
-      hop = SAMPLE_RATE // FPS // audio.COLUMNS_PER_FRAME
-      if (vocoder.num_mels, vocoder.hop_length) != (self.n_mels, hop):
-        raise ValueError(f"the vocoder in {self.config.checkpoint} takes {vocoder.num_mels} mel bins with hop "
-                         f"{vocoder.hop_length}; the model makes {self.n_mels} bins at hop {hop} (16 kHz, 10 fps)")
-    elif self.config.kind != "griffin_lim":
-      raise ValueError(f"config.vocoder.kind={self.config.kind!r}: expected 'griffin_lim' or 'hifigan'")
-
-  def stream(self, mel_chunks):
-    """Yields waveform pieces; with HiFi-GAN they lag the mel by its context (joins are exact)."""
-    log_mels = (audio.log_mel_from_mel(audio.mel_from_frames(m), self.audio_scale) for m in mel_chunks)
-    if self._hifigan is not None:
-      yield from vocode_stream(*self._hifigan, log_mels)
-      return
-    for log_mel in log_mels:  # Griffin-Lim per chunk: a fallback without weights, joins may be audible
-      yield np.stack([audio.griffin_lim(m, n_iter=self.config.griffin_lim_iters) for m in log_mel])
-
-
-def _to_uint8(frames: np.ndarray) -> np.ndarray:
-  return np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def _velocity_and_labels(model: FLAV, params, opts, batch: int):
-  """The velocity function (classifier-free guided when asked) and the (B,) labels, or None, of config.sample."""
-  if not model.num_classes:
-    return model_velocity(model, params), None
-  if not 0 <= opts.label <= model.num_classes:
-    raise ValueError(f"config.sample.label={opts.label}: expected 0..{model.num_classes} ({model.num_classes} = null)")
-  labels = jnp.full((batch,), opts.label, jnp.int32)
-  if opts.guidance_scale != 1.0:
-    return classifier_free_guidance(model, params, opts.guidance_scale), labels
-  return model_velocity(model, params), labels
-
-
-def _write_previews(output_dir: pathlib.Path, frames: np.ndarray, mel: np.ndarray, columns: int) -> None:
-  """stream_0_frames.png (contact sheet of uint8 frames (T, H, W, 3)) and stream_0_mel.png (mel (T, F, N))."""
-  write_png(output_dir / "stream_0_frames.png", contact_sheet(frames, columns=columns))
-  write_png(output_dir / "stream_0_mel.png", spectrogram_image(audio.mel_from_frames(mel)))
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+# Measured: a 2-core CPU runs FLAV-B/1 at about 0.08 TFLOP/s (docs/PERFORMANCE.md); assumed to scale with cores.
+_CPU_TFLOP_PER_S_PER_CORE = 0.04
+_CPU_WARN_TFLOP_PER_CALL = 0.5
 
 
 def sample(config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
@@ -130,98 +44,180 @@ def sample(config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
   config.sample.condition_file ("audio") or audio for its video ("video"), with gradient guidance of scale
   config.sample.condition_guidance; the given modality is written unchanged beside the generated one.
   """
-  opts = config.sample
-  if opts.num_frames < 1 or opts.chunk_frames < 1:
-    raise ValueError(f"config.sample.num_frames={opts.num_frames} and chunk_frames={opts.chunk_frames} must be >= 1")
+  given = _read_inputs(config.sample)
+  model, params = build_flav(config.model, config.checkpoint, config.seed)
+  return _sample(model, params, config, output_dir, given)
+
+
+def sample_with(model: FLAV, params, config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
+  """`sample` with a given model and params (e.g. a trainer's EMA weights); config.model and config.checkpoint
+  are not read. Uses config.codec, config.vocoder, config.sample, config.audio_scale and config.seed."""
+  return _sample(model, params, config, output_dir, _read_inputs(config.sample))
+
+
+def _read_inputs(opts) -> np.ndarray | None:
+  """Checks config.sample; returns the given modality of condition_file (None for joint generation).
+
+  audio: int16-scale waveform (frames * 1600,) at 16 kHz; video: uint8 frames (frames, H, W, 3) at 10 fps.
+  """
+  for name in ("num_streams", "num_frames", "chunk_frames", "steps_per_frame"):
+    if opts[name] < 1:
+      raise ValueError(f"config.sample.{name}={opts[name]} must be a positive int")
   if opts.condition not in ("", "audio", "video"):
     raise ValueError(f"config.sample.condition={opts.condition!r}: expected '' (joint), 'audio' or 'video'")
+  if not opts.condition:
+    return None
+  where = f"config.sample.condition={opts.condition!r} takes the {opts.condition} of config.sample.condition_file"
+  if not opts.condition_file:
+    raise ValueError(f"{where}; set it to a media file")
+  try:
+    if opts.condition == "audio":
+      given = read_audio(opts.condition_file, SAMPLE_RATE)
+      given = given[:len(given) // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME]
+    else:
+      given = read_video(opts.condition_file, FPS)
+  except NoAudioTrackError as e:
+    raise ValueError(f"{where}, but {e.path} has no audio track; pass a file with sound, or set "
+                     "config.sample.condition='video' to generate its audio") from e
+  except MediaError as e:
+    raise ValueError(f"{where}, but {e.path} {e.problem}") from e
+  frames = len(given) // SAMPLES_PER_FRAME if opts.condition == "audio" else len(given)
+  if frames < opts.num_frames:
+    raise ValueError(f"{opts.condition_file} has {frames} frames of {opts.condition} at {FPS} fps; set "
+                     f"config.sample.num_frames <= {frames}")
+  return given
+
+
+def stream_devices(num_streams: int, devices=None) -> list:
+  """The most of `devices` (default: the local ones) whose number divides num_streams, so each gets as many."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  return devices[:max(k for k in range(1, len(devices) + 1) if num_streams % k == 0)]
+
+
+def approx_tflop_per_call(model: FLAV) -> float:
+  """Rough TFLOP of one network call on one window: dense layers and spatial attention (FLAV-B/1: 2.7)."""
+  width, ratio, frames = model.hidden_size, model.mlp_ratio, model.predict_frames
+  patches = (model.latent_size // model.patch_size) ** 2
+  dense = 2 * width**2 * frames * (patches * (8 + 2 * ratio) + model.audio_columns * (4 + 2 * ratio))
+  return model.depth * (dense + 4 * frames * patches**2 * width) / 1e12
+
+
+def cpu_warning(model: FLAV, windows_per_call: int, calls: int, cores: int) -> str | None:
+  """A warning for a CPU run of large network calls, with roughly how long it takes; None for small ones."""
+  per_call = approx_tflop_per_call(model) * windows_per_call
+  if per_call < _CPU_WARN_TFLOP_PER_CALL:
+    return None
+  minutes = per_call * calls / (_CPU_TFLOP_PER_S_PER_CORE * cores) / 60
+  return (f"sampling on the CPU: {calls} network calls of about {per_call:.1f} TFLOP each take roughly "
+          f"{minutes:.0f} min on {cores} cores; a GPU does this in seconds to minutes")
+
+
+def _velocity_and_labels(model: FLAV, params, opts):
+  """The velocity function (classifier-free guided when asked) and the (B,) labels, or None, of config.sample."""
+  if not model.num_classes:
+    return model_velocity(model, params), None
+  if not 0 <= opts.label <= model.num_classes:
+    raise ValueError(f"config.sample.label={opts.label}: the model has classes 0..{model.num_classes - 1} "
+                     f"(and {model.num_classes}, the null label)")
+  labels = jnp.full((opts.num_streams,), opts.label, jnp.int32)
+  if opts.guidance_scale != 1.0:
+    return classifier_free_guidance(model, params, opts.guidance_scale), labels
+  return model_velocity(model, params), labels
+
+
+def _sample(model: FLAV, params, config, output_dir, given: np.ndarray | None) -> list[pathlib.Path]:
+  opts = config.sample
+  velocity, labels = _velocity_and_labels(model, params, opts)
+  codec = build_video_codec(config.codec, model)
+  vocoder = build_vocoder(config.vocoder, config.audio_scale, model.n_mels)
   output_dir = pathlib.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
-  model, params = build_model(config)
-  codec = build_video_codec(config.codec, model)
-  vocoder = _Vocoder(config.vocoder, config.audio_scale, model.n_mels)
   paths = [output_dir / f"stream_{i}.mp4" for i in range(opts.num_streams)]
-  if opts.condition:
-    _sample_conditional(config, model, params, codec, vocoder, paths)
-  else:
-    _sample_joint(config, model, params, codec, vocoder, paths)
+
+  devices = stream_devices(opts.num_streams)
+  window, steps = model.predict_frames, opts.steps_per_frame
+  if given is None:  # the stream rolls whole chunks
+    rolled = math.ceil(opts.num_frames / opts.chunk_frames) * opts.chunk_frames
+  else:  # the last frame is appended without rolling
+    rolled = opts.num_frames - 1
+  calls = (window + rolled) * steps
+  windows_per_call = opts.num_streams * (2 if opts.guidance_scale != 1.0 and labels is not None else 1)
+  warning = cpu_warning(model, windows_per_call, calls, os.cpu_count() or 1)
+  if jax.default_backend() == "cpu" and warning:
+    logging.warning(warning)
+  logging.info("sampling %d stream(s) x %d frames on %d of %d %s devices: %d network calls", opts.num_streams,
+               opts.num_frames, len(devices), jax.local_device_count(), jax.default_backend(), calls)
+  with CallProgress(calls, window * steps, len(devices)):
+    args = (model, counted(velocity), labels, codec, vocoder, config, paths, devices)
+    previews = _sample_joint(*args) if given is None else _sample_conditional(*args, given)
+  write_png(output_dir / "stream_0_frames.png", contact_sheet(previews[0], columns=window))
+  write_png(output_dir / "stream_0_mel.png", spectrogram_image(audio.mel_from_frames(previews[1])))
   return paths
 
 
-def _sample_joint(config, model: FLAV, params, codec, vocoder: _Vocoder, paths: list[pathlib.Path]) -> None:
-  """Joint generation streamed to the mp4 files chunk by chunk."""
+def _sample_joint(model: FLAV, velocity, labels, codec, vocoder, config, paths, devices):
+  """Joint generation streamed to the mp4 files chunk by chunk; returns stream 0's first 2 W frames and mels."""
   opts = config.sample
-  batch, window = opts.num_streams, model.predict_frames
-  velocity, labels = _velocity_and_labels(model, params, opts, batch)
-  sampler = RollingSampler(velocity, opts.steps_per_frame)
+  batch, window, total = opts.num_streams, model.predict_frames, opts.num_frames
+  sampler = RollingSampler(velocity, opts.steps_per_frame, devices=devices)
   key_v, key_a, key_stream = jax.random.split(jax.random.key(config.seed), 3)
   init_v = jax.random.normal(key_v, (batch, window, model.latent_size, model.latent_size, model.in_channels))
   init_a = jax.random.normal(key_a, (batch, window, model.audio_columns, model.n_mels))
   chunks = sampler.stream(init_v, init_a, key_stream, opts.chunk_frames, labels)
+  aligner = FrameAligner(batch, SAMPLES_PER_FRAME)
+  preview_video, preview_mel = [], []
+  start, done = time.perf_counter(), 0
 
-  writers = [Mp4Writer(p, fps=FPS, sample_rate=SAMPLE_RATE) for p in paths]
-  samples_per_frame = SAMPLE_RATE // FPS
-  pending_video = np.zeros((batch, 0), np.uint8)  # frames waiting for their audio (HiFi-GAN lags by its context)
-  pending_audio = np.zeros((batch, 0), np.float32)
-  mels, first_frames = [], []
-  start, done = time.time(), 0
-
-  def generated_mel():
-    nonlocal done, pending_video
-    while done < opts.num_frames:
+  def mel_chunks():
+    nonlocal done
+    while done < total:
       frames_v, frames_a = next(chunks)
-      take = min(opts.chunk_frames, opts.num_frames - done)
-      video = _to_uint8(codec.decode(frames_v[:, :take]))
-      pending_video = video if not pending_video.size else np.concatenate([pending_video, video], axis=1)
-      if len(first_frames) < 2 * window:
-        first_frames.extend(video[0])
-      mels.append(frames_a[0, :take])
+      take = min(opts.chunk_frames, total - done)
+      video = to_uint8(codec.decode(frames_v[:, :take]))
+      aligner.push_video(video)
+      if len(preview_video) < 2 * window:
+        preview_video.extend(video[0, :2 * window - len(preview_video)])
+        preview_mel.extend(frames_a[0, :len(preview_video) - len(preview_mel)])
       done += take
-      rate = done * batch / (time.time() - start)
-      logging.info("frame %d/%d, %.2f frames/s, ETA %.0f s", done, opts.num_frames, rate,
-                   (opts.num_frames - done) * batch / rate)
+      rate = done / (time.perf_counter() - start)
+      logging.info("frame %d/%d of %d stream(s), %.2f frames/s per stream, ETA %.0f s", done, total, batch, rate,
+                   (total - done) / rate)
       yield frames_a[:, :take]
 
+  writers = [Mp4Writer(p, fps=FPS, sample_rate=SAMPLE_RATE) for p in paths]
   try:
-    for wav in vocoder.stream(generated_mel()):
-      pending_audio = np.concatenate([pending_audio, wav], axis=1)
-      ready = min(pending_video.shape[1], pending_audio.shape[1] // samples_per_frame)
-      for b, writer in enumerate(writers):
-        writer.write(pending_video[b, :ready], pending_audio[b, :ready * samples_per_frame])
-      pending_video = pending_video[:, ready:]
-      pending_audio = pending_audio[:, ready * samples_per_frame:]
+    for wav in vocoder.stream(mel_chunks()):
+      aligner.push_audio(wav)
+      video, wav = aligner.pop()
+      if video.shape[1]:
+        for b, writer in enumerate(writers):
+          writer.write(video[b], wav[b])
   finally:
     for writer in writers:
       writer.close()
-  _write_previews(paths[0].parent, np.stack(first_frames[:2 * window]), np.concatenate(mels), window)
+  return np.stack(preview_video), np.stack(preview_mel)
 
 
-def _sample_conditional(config, model: FLAV, params, codec, vocoder: _Vocoder, paths: list[pathlib.Path]) -> None:
-  """One modality generated for the other one of config.sample.condition_file (whole clip in memory)."""
+def _sample_conditional(model: FLAV, velocity, labels, codec, vocoder, config, paths, devices, given: np.ndarray):
+  """One modality generated for the given other one (whole clip in memory); returns the previews as joint does."""
   opts = config.sample
   batch, window, num_frames = opts.num_streams, model.predict_frames, opts.num_frames
-  clip = read_clip(opts.condition_file, fps=FPS, sample_rate=SAMPLE_RATE,
-                   resolution=model.latent_size * codec.downsample_factor)
-  if len(clip.video) < num_frames:
-    raise ValueError(f"{opts.condition_file} has {len(clip.video)} frames at {FPS} fps; set config.sample.num_frames "
-                     f"<= {len(clip.video)}")
-  velocity, labels = _velocity_and_labels(model, params, opts, batch)
   key_init, key = jax.random.split(jax.random.key(config.seed))
   repeat = lambda x: np.repeat(np.asarray(x)[None], batch, axis=0)
-  given_audio = clip.audio[:num_frames * SAMPLE_RATE // FPS] / 32768.0
+  kwargs = dict(guidance_scale=opts.condition_guidance, key=key, labels=labels, devices=devices)
   if opts.condition == "audio":
-    mel = config.audio_scale * audio.frames_from_mel(audio.mel_from_waveform(clip.audio))
+    mel = config.audio_scale * audio.frames_from_mel(audio.mel_from_waveform(given))
     init_v = jax.random.normal(key_init, (batch, window, model.latent_size, model.latent_size, model.in_channels))
-    generated = generate_video_from_audio(velocity, init_v, repeat(mel), num_frames, opts.steps_per_frame,
-                                          guidance_scale=opts.condition_guidance, key=key, labels=labels)
-    video, wav, mel = _to_uint8(codec.decode(np.asarray(generated))), repeat(given_audio), mel[:num_frames]
+    generated = generate_video_from_audio(velocity, init_v, repeat(mel[:num_frames + window]), num_frames,
+                                          opts.steps_per_frame, **kwargs)
+    video, wav = to_uint8(codec.decode(np.asarray(generated))), repeat(given[:num_frames * SAMPLES_PER_FRAME] / 32768)
   else:
+    frames = letterbox(given[:num_frames + window], model.latent_size * codec.downsample_factor)
     init_a = jax.random.normal(key_init, (batch, window, model.audio_columns, model.n_mels))
-    mel = np.asarray(generate_audio_from_video(velocity, init_a, repeat(codec.encode(clip.video)), num_frames,
-                                               opts.steps_per_frame, guidance_scale=opts.condition_guidance, key=key,
-                                               labels=labels))
-    video, wav, mel = repeat(clip.video[:num_frames]), np.concatenate(list(vocoder.stream([mel])), axis=1), mel[0]
+    mel = np.asarray(generate_audio_from_video(velocity, init_a, repeat(codec.encode(frames)), num_frames,
+                                               opts.steps_per_frame, **kwargs))
+    video, wav, mel = repeat(frames[:num_frames]), np.concatenate(list(vocoder.stream([mel])), axis=1), mel[0]
   for b, path in enumerate(paths):
     with Mp4Writer(path, fps=FPS, sample_rate=SAMPLE_RATE) as writer:
       writer.write(video[b], wav[b])
-  _write_previews(paths[0].parent, video[0, :2 * window], mel, window)
+  return video[0, :2 * window], mel[:2 * window]

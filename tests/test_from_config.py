@@ -74,7 +74,7 @@ def test_bad_folders_are_named_before_loading(tmp_path):
 
 
 def test_sdvae_codec_from_a_converted_folder(tmp_path):
-  vae = VaeConfig.from_diffusers({"block_out_channels": [32, 32], "norm_num_groups": 8, "latent_channels": 3})
+  vae = VaeConfig.from_diffusers({"block_out_channels": [8, 8], "norm_num_groups": 4, "latent_channels": 3})
   model = AutoencoderKL(vae)
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))["params"]
   folder = export.save_converted(tmp_path / "vae", "sdvae", params, dataclasses.asdict(vae), "test")

@@ -1,8 +1,14 @@
-"""End-to-end sampling to mp4: frame and audio counts, both vocoders, conditioning, checkpoint/config agreement."""
+"""End-to-end sampling to mp4: frame and audio counts, wiring of labels, guidance, conditioning and codecs (on a
+random model whose final layers are not zero, so it predicts non-zero velocities), inputs refused before any
+compute, progress, device choice."""
+import dataclasses
+import logging
+import os
 import pathlib
 import subprocess
 import sys
 
+import av
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,16 +18,30 @@ from conftest import media_file
 from configs import synthetic_tiny
 from rflav_jax import sample
 from rflav_jax.codecs.hifigan import HifiGanConfig, HifiGanGenerator
+from rflav_jax.codecs.sdvae import AutoencoderKL, VaeConfig
 from rflav_jax.convert import export
+from rflav_jax.convert.from_config import build_flav
+from rflav_jax.flow.progress import CallProgress
+from rflav_jax.media import write_wav
+from rflav_jax.media.align import FrameAligner
 from rflav_jax.media.reader import read_audio, read_clip, read_video
-from rflav_jax.models.flav import flav_args
+from rflav_jax.models.flav import flav_from_config, flav_from_preset
+from test_media import write_video_only
 
 
 def tiny_config(**model):
   config = synthetic_tiny.get_config()
-  config.model.update(latent_size=16, patch_size=4, hidden_size=32, depth=1, num_heads=2, predict_frames=4, **model)
+  config.model.update({**dict(latent_size=16, patch_size=4, hidden_size=32, depth=1, num_heads=2, predict_frames=4),
+                       **model})
   config.sample.update(num_frames=7, chunk_frames=3)
   return config
+
+
+def random_model(config):
+  """The config's model with every weight drawn from N(0, 0.2): no zero-initialised layer hides a path."""
+  model, params = build_flav(config.model)
+  rng = np.random.default_rng(1)
+  return model, jax.tree.map(lambda x: rng.normal(0.0, 0.2, x.shape).astype(np.float32), params)
 
 
 def check_mp4(path, frames):
@@ -29,11 +49,29 @@ def check_mp4(path, frames):
   assert abs(len(read_audio(path)) - frames * 1600) <= 1600
 
 
-def test_griffin_lim_stream_writes_every_frame(tmp_path):
-  paths = sample.sample(tiny_config(), tmp_path)
+def read_png(path):
+  with av.open(str(path)) as container:
+    return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def video_difference(path_a, path_b):
+  return np.abs(read_video(path_a).astype(float) - read_video(path_b).astype(float)).mean()
+
+
+def test_griffin_lim_stream_writes_every_frame_with_progress_and_bounded_previews(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  config = tiny_config()
+  config.sample.num_frames = 10  # more than the previews keep: 2 W = 8 frames
+  paths = sample.sample(config, tmp_path)
   assert [p.name for p in paths] == ["stream_0.mp4"]
-  check_mp4(paths[0], 7)
-  assert (tmp_path / "stream_0_frames.png").stat().st_size > 0 and (tmp_path / "stream_0_mel.png").stat().st_size > 0
+  check_mp4(paths[0], 10)
+  assert read_png(tmp_path / "stream_0_frames.png").shape == (2 * 16, 4 * 16, 3)  # 8 frames, 4 per row
+  assert read_png(tmp_path / "stream_0_mel.png").shape == (256, 8 * 10, 3)  # 8 frames of 10 mel columns
+  # Pre-roll 4 x 2 calls, then 4 chunks of 3 frames x 2 calls; every call is logged with the first and last.
+  messages = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith("network call 1/32 done after") for m in messages)
+  assert any(m.startswith("network call 8/32, pre-roll done in") for m in messages)
+  assert any(m.startswith("network call 32/32,") and "ETA" in m for m in messages)
 
 
 def test_hifigan_stream_keeps_audio_and_video_aligned(tmp_path):
@@ -50,50 +88,126 @@ def test_hifigan_stream_keeps_audio_and_video_aligned(tmp_path):
     check_mp4(path, 7)
 
 
-def test_config_that_contradicts_checkpoint_is_refused(tmp_path):
+def test_labels_and_guidance_reach_the_network(tmp_path):
   config = tiny_config()
-  model, params = sample.build_model(config)
-  folder = export.save_converted(tmp_path / "flav", "flav", params, flav_args(model), "test")
-  config.checkpoint = str(folder)
-  restored, _ = sample.build_model(config)  # the same model loads, with runtime settings free to change
-  assert restored.depth == 1
-  config.model.update(hidden_size=64, dtype="bfloat16")
-  with pytest.raises(ValueError, match="config.model.hidden_size=64 but the checkpoint has 32"):
-    sample.build_model(config)
+  config.sample.num_frames = 4
+  model, params = random_model(config)
+  runs = {"label0": dict(label=0), "label1": dict(label=1), "guided": dict(label=0, guidance_scale=3.0)}
+  for name, options in runs.items():
+    config.sample.update(options)
+    sample.sample_with(model, params, config, tmp_path / name)
+  assert video_difference(tmp_path / "label0/stream_0.mp4", tmp_path / "label1/stream_0.mp4") > 1
+  assert video_difference(tmp_path / "label0/stream_0.mp4", tmp_path / "guided/stream_0.mp4") > 1
 
 
-def test_bad_sampling_options_are_explained(tmp_path):
-  config = tiny_config()
-  config.codec.kind = "sdvae"
-  with pytest.raises(ValueError, match="config.codec.checkpoint"):
-    sample.sample(config, tmp_path)
-  config = tiny_config()
-  config.sample.label = 9
-  with pytest.raises(ValueError, match="config.sample.label=9"):
-    sample.sample(config, tmp_path)
+def test_sdvae_codec_decodes_the_latents(tmp_path):
+  vae = VaeConfig.from_diffusers({"block_out_channels": [8, 8], "norm_num_groups": 4, "latent_channels": 4})
+  vae_model = AutoencoderKL(vae)
+  vae_params = jax.jit(vae_model.init)(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))["params"]
+  config = tiny_config(latent_size=8, in_channels=4)
+  config.codec.update(kind="sdvae", checkpoint=str(export.save_converted(
+      tmp_path / "vae", "sdvae", vae_params, dataclasses.asdict(vae), "test")))
+  config.sample.num_frames = 3
+  path, = sample.sample_with(*random_model(config), config, tmp_path / "out")
+  assert read_video(path).shape == (3, 16, 16, 3)  # 8x8 latents decoded to 16x16 frames
 
 
 @pytest.mark.parametrize("given", ["audio", "video"])
-def test_conditional_generation_keeps_the_given_modality(tmp_path, given):
+def test_conditional_generation_keeps_the_given_modality_and_follows_it(tmp_path, given):
   config = tiny_config()
-  config.sample.update(condition=given, condition_file=str(media_file("landscape_video0.mp4")), num_frames=6,
-                       condition_guidance=0.5)
-  path, = sample.sample(config, tmp_path)
-  check_mp4(path, 6)
-  original, written = read_clip(media_file("landscape_video0.mp4"), resolution=16), read_clip(path)
+  config.sample.update(condition=given, num_frames=6, condition_guidance=0.5)
+  model, params = random_model(config)
+  paths = {}
+  for name in ("landscape_video0.mp4", "landscape_video1.mp4"):
+    config.sample.condition_file = str(media_file(name))
+    paths[name], = sample.sample_with(model, params, config, tmp_path / name)
+    check_mp4(paths[name], 6)
+  original, written = read_clip(media_file("landscape_video0.mp4"), resolution=16), read_clip(paths["landscape_video0.mp4"])
+  one, other = (read_clip(p) for p in paths.values())
   if given == "audio":  # the soundtrack is the given one (through AAC: compare loudness envelopes)
     envelope = lambda x: np.abs(x[:6 * 1600]).reshape(6, -1).mean(axis=1)
     assert np.corrcoef(envelope(original.audio), envelope(written.audio))[0, 1] > 0.9
+    assert np.abs(one.video.astype(float) - other.video.astype(float)).mean() > 1  # the video follows the audio
   else:  # the picture is the given one (through H.264)
     assert np.abs(original.video[:6].astype(float) - written.video.astype(float)).mean() < 8
-  config.sample.num_frames = 17
-  with pytest.raises(ValueError, match="has 16 frames"):
-    sample.sample(config, tmp_path)
+    assert np.abs(one.audio - other.audio).mean() > 0.01 * np.abs(one.audio).mean()  # the audio follows the video
 
 
-def test_readme_demo_command_runs(tmp_path):
+def test_bad_inputs_are_refused_before_any_compute(tmp_path, monkeypatch):
+  def no_compute(*args, **kwargs):
+    raise AssertionError("the model was built before the inputs were checked")
+
+  monkeypatch.setattr(sample, "build_flav", no_compute)
+  monkeypatch.setattr(sample, "build_video_codec", no_compute)
+  write_video_only(tmp_path / "silent.mp4")
+  write_wav(tmp_path / "sound.wav", np.zeros(16000, np.float32), 16000)
+  bad = [(dict(num_frames=0), "config.sample.num_frames=0 must be a positive int"),
+         (dict(num_frames=-3), "config.sample.num_frames=-3"),
+         (dict(num_streams=0), "config.sample.num_streams=0"),
+         (dict(chunk_frames=0), "config.sample.chunk_frames=0"),
+         (dict(condition="audio"), "set it to a media file"),
+         (dict(condition="audio", condition_file=str(tmp_path / "silent.mp4")), "silent.mp4 has no audio track"),
+         (dict(condition="video", condition_file=str(tmp_path / "sound.wav")), "sound.wav has no video stream"),
+         (dict(condition="video", condition_file=str(tmp_path / "none.mp4")), "none.mp4.*does not exist"),
+         (dict(condition="video", condition_file=str(media_file("landscape_video0.mp4")), num_frames=17),
+          "has 16 frames of video at 10 fps; set config.sample.num_frames <= 16")]
+  for options, message in bad:
+    config = tiny_config()
+    config.sample.update(options)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+      sample.sample(config, tmp_path / "out")
+  for label in (5, -1):  # classes 0..3, null label 4
+    config = tiny_config()
+    config.sample.label = label
+    with pytest.raises(ValueError, match=f"config.sample.label={label}: the model has classes 0..3"):
+      sample.sample_with(*random_model(config), config, tmp_path / "out")
+  monkeypatch.undo()
+  config = tiny_config()
+  config.checkpoint = str(tmp_path / "missing")
+  with pytest.raises(ValueError, match="flav folder .*missing' does not exist"):
+    sample.sample(config, tmp_path / "out")
+  config.checkpoint = str(tmp_path)
+  with pytest.raises(ValueError, match="holds no config.py"):
+    sample.sample(config, tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
+def test_streams_use_the_devices_they_divide_evenly_over():
+  devices = ["d0", "d1", "d2", "d3"]
+  assert [len(sample.stream_devices(n, devices)) for n in (1, 2, 3, 4, 6, 8)] == [1, 2, 3, 4, 3, 4]
+
+
+def test_a_cpu_run_of_the_released_size_is_announced():
+  b1 = flav_from_preset("FLAV-B/1", num_classes=10, causal_attn=True)
+  assert abs(sample.approx_tflop_per_call(b1) - 2.73) / 2.73 < 0.05  # RFLAV.md section 6
+  assert "roughly 25 min on 2 cores" in sample.cpu_warning(b1, 1, 44, cores=2)  # as measured on a 2-core CPU
+  assert sample.cpu_warning(flav_from_config(tiny_config().model), 4, 1000, cores=2) is None
+
+
+def test_progress_counts_one_call_per_device_set():
+  with CallProgress(total=3, preroll=1, devices=2) as progress:
+    for _ in range(5):
+      progress.tick()
+  assert progress.calls == 2
+
+
+def test_aligner_hands_out_whole_frames_with_their_audio():
+  aligner = FrameAligner(batch=2, samples_per_frame=4)
+  aligner.push_video(np.arange(2 * 3).reshape(2, 3, 1, 1, 1).repeat(3, axis=-1).astype(np.uint8))
+  aligner.push_audio(np.ones((2, 6), np.float32))
+  video, audio = aligner.pop()
+  assert video.shape == (2, 1, 1, 1, 3) and audio.shape == (2, 4)
+  aligner.push_audio(np.ones((2, 20), np.float32))
+  video, audio = aligner.pop()
+  assert video[:, :, 0, 0, 0].tolist() == [[1, 2], [4, 5]] and audio.shape == (2, 8)
+  assert aligner.pop()[0].shape[1] == 0  # 10 samples wait for the next frame
+
+
+def test_readme_demo_command_runs_with_one_stream_on_two_devices(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   result = subprocess.run([sys.executable, "-m", "launch.sample", "--config=configs/synthetic_tiny.py",
                            f"--output_dir={tmp_path}", "--config.sample.num_frames=3", "--config.model.depth=1"],
-                          capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1])
+                          capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1], env=env)
   assert result.returncode == 0, result.stderr[-2000:]
+  assert "on 1 of 2 cpu devices" in result.stderr
   check_mp4(tmp_path / "stream_0.mp4", 3)
