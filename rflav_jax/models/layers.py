@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.extend.backend import get_backend
 
 Dtype = Any
 
@@ -40,13 +41,47 @@ def adaln(c: jax.Array, chunks: int, dtype: Dtype, name: str) -> list[jax.Array]
   return jnp.split(out[..., None, :], chunks, axis=-1)
 
 
+# Implementations accepted by `Attention`; None, "" and "auto" choose per call (see `attention_implementation`).
+ATTENTION_IMPLS = (None, "", "auto", "xla", "cudnn")
+# cuDNN flash attention: half-precision inputs, head dim a multiple of 8 up to 128 (256 from Hopper on).
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+_CUDNN_MAX_HEAD_DIM = 128
+
+
+def _has_cudnn_attention() -> bool:
+  """Whether the default devices are NVIDIA GPUs (CUDA, compute capability >= 8.0) with cuDNN flash attention."""
+  device = jax.devices()[0]
+  if device.platform != "gpu" or "cuda" not in get_backend().platform_version.lower():
+    return False
+  return tuple(int(x) for x in device.compute_capability.split(".")) >= (8, 0)
+
+
+def attention_implementation(requested: str | None, dtype: Dtype, head_dim: int, tokens: int,
+                             masked: bool) -> str:
+  """The `jax.nn.dot_product_attention` implementation for one attention: "xla" or "cudnn".
+
+  "xla" and "cudnn" are kept as requested. None, "" and "auto" pick cuDNN flash attention (no attention
+  matrix in memory) on NVIDIA GPUs when it supports the call: bf16/fp16 compute, head_dim a multiple of 8
+  up to 128, and with an explicit mask (which cuDNN takes as a bias) an even token count; XLA otherwise,
+  so CPUs and float32 (the parity tests) always run XLA.
+  """
+  if requested not in ATTENTION_IMPLS:
+    raise ValueError(f"attention implementation {requested!r}: expected one of {ATTENTION_IMPLS}")
+  if requested in ("xla", "cudnn"):
+    return requested
+  supported = (jnp.dtype(dtype) in _CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= _CUDNN_MAX_HEAD_DIM
+               and not (masked and tokens % 2))
+  return "cudnn" if supported and _has_cudnn_attention() else "xla"
+
+
 class Attention(nn.Module):
   """Multi-head self-attention over the token axis through `jax.nn.dot_product_attention`.
 
   Attributes:
     num_heads: heads; the width D must divide evenly.
     dtype: compute dtype.
-    implementation: None (XLA chooses), "xla" or "cudnn" (fused attention on NVIDIA GPUs).
+    implementation: "xla", "cudnn" (fused attention on NVIDIA GPUs), or None / "" / "auto": chosen per
+      call by `attention_implementation` (cuDNN where it applies, XLA otherwise).
   """
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -59,8 +94,8 @@ class Attention(nn.Module):
     head_dim = d // self.num_heads
     qkv = dense(3 * d, self.dtype, "qkv")(x).reshape(-1, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, mask=mask,
-                                       implementation=self.implementation)
+    implementation = attention_implementation(self.implementation, q.dtype, head_dim, n, mask is not None)
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, mask=mask, implementation=implementation)
     return dense(d, self.dtype, "proj")(out.reshape(*batch, n, d))
 
 
