@@ -1,7 +1,11 @@
 """Benchmark FLAV-B/1 as released (4x32x32 latents, window 10, causal) with the settings of RFLAV.md section 6.
 
-  python -m launch.benchmark --config=configs/bench_b1.py                            # bf16 compute
-  python -m launch.benchmark --config=configs/bench_b1.py --config.model.dtype=float32
+  python -m launch.benchmark --config=configs/bench_b1.py --compare                            # bf16 compute
+  python -m launch.benchmark --config=configs/bench_b1.py --config.model.dtype=float32 --compare
+  python -m launch.benchmark --config=configs/bench_b1.py --config.model.attention_impl=xla    # "auto": cuDNN on GPUs
+  python -m launch.benchmark --config=configs/bench_b1.py --config.model.remat=True --only=train --compare
+
+MFU divides the analytic TFLOP/s by peak_tflops[dtype]; --compare sets our figures beside reference[dtype].
 """
 import ml_collections
 
@@ -10,7 +14,7 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict(dict(
       preset="FLAV-B/1", latent_size=32, in_channels=4, num_classes=10, predict_frames=10, n_mels=256,
-      causal_attn=True, block_type="c", dtype="bfloat16", attention_impl=None, remat=False,
+      causal_attn=True, block_type="c", dtype="bfloat16", attention_impl="auto", remat=False,
       remat_policy="nothing_saveable"))
   config.forward_batch = 16
   config.train_batch = 8
@@ -18,6 +22,23 @@ def get_config():
   config.steps_per_frame = 2
   config.rolling_frames = 20
   config.clip_frames = 16
+  config.matmul_size = 8192
   config.iters = 10
+  config.warmup = 2
   config.repeats = 3
+  # Persistent compilation cache folder ("" = off, so that compile times are measured cold).
+  config.compilation_cache_dir = ""
+  # Compute ceilings of one H100 SXM, TFLOP/s: bf16 as measured there on an 8192^3 matmul (RFLAV.md section 6;
+  # the spec sheet says 989 dense); float32 runs as TF32 (jax's default matmul precision on GPUs), spec 495 dense.
+  config.peak_tflops = ml_collections.ConfigDict({"bfloat16": 800.0, "float32": 495.0})
+  # The official PyTorch code (RFLAV.md section 6): samples/s (forward, train), frames/s (rolling, clip), GB.
+  config.reference = ml_collections.ConfigDict({
+      "bfloat16": dict(source="official code, bf16 autocast, one H100 80GB HBM3, torch 2.11, 2026-11-27",
+                       forward=56.4, rolling=26.5, clip=17.0, train=18.6, train_peak_gb=58.9, train_remat=14.0,
+                       train_remat_peak_gb=11.9),
+      "float32": dict(source="official code, fp32/tf32, one H200 (not an H100), torch 2.11; forward = 87 TFLOP/s "
+                             "/ 2.73 TFLOP per sample",
+                      forward=31.9, rolling=15.5, clip=9.9, train=9.4, train_peak_gb=87.0, train_remat=7.3,
+                      train_remat_peak_gb=15.0),
+  })
   return config

@@ -1,10 +1,14 @@
-r"""Measures FLAV speed on this machine's devices: forward, rolling generation, clip generation, train step.
+r"""Measures FLAV speed on this machine's devices: matmul ceiling, forward, rolling generation, clip, train step.
 
   python -m launch.benchmark --config=configs/bench_cpu.py
-  python -m launch.benchmark --config=configs/bench_b1.py --config.model.dtype=bfloat16 --output=bench.json
+  python -m launch.benchmark --config=configs/bench_b1.py --config.model.dtype=bfloat16 --output=bench.json --compare
+  python -m launch.benchmark --config=configs/bench_cpu.py:short    # seconds: the CI run
 
-Prints one JSON line per measurement and writes them all to --output; record results with the machine in
-docs/PERFORMANCE.md.
+Prints one JSON line per measurement and writes them all to --output. Each line holds the headline
+figure, analytic TFLOP/s and MFU against config.peak_tflops[dtype], peak memory, and the seconds spent
+tracing, lowering and compiling every program (config.compilation_cache_dir: a persistent compilation
+cache, so a second run compiles nothing). --compare prints our figures beside config.reference[dtype].
+Record results with the machine in docs/PERFORMANCE.md.
 """
 import json
 
@@ -14,36 +18,50 @@ from ml_collections import config_flags
 
 from rflav_jax import benchmarking
 from rflav_jax import cli
+from rflav_jax import compilation_cache
 from rflav_jax.models.flav import flav_from_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_cpu.py", "Benchmark config file.")
 _OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the results.")
-_ONLY = flags.DEFINE_list("only", ["forward", "rolling", "clip", "train"], "Measurements to run.")
+_ONLY = flags.DEFINE_list("only", ["matmul", "forward", "rolling", "clip", "train"], "Measurements to run.")
+_COMPARE = flags.DEFINE_bool("compare", False, "Print our figures beside the config's reference figures.")
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
+  compilation_cache.enable(config.compilation_cache_dir)
+  dtype = config.model.dtype
   model = flav_from_config(config.model)
   params = benchmarking.init_params(model)
   measurements = {
-      "forward": lambda: benchmarking.forward(model, params, config.forward_batch, config.iters, repeats=config.repeats),
+      "matmul": lambda: benchmarking.matmul(dtype, config.matmul_size, config.iters, config.warmup, config.repeats),
+      "forward": lambda: benchmarking.forward(model, params, config.forward_batch, config.iters, config.warmup,
+                                              config.repeats),
       "rolling": lambda: benchmarking.rolling(model, params, config.streams, config.steps_per_frame,
                                               config.rolling_frames, repeats=config.repeats),
       "clip": lambda: benchmarking.clip(model, params, config.streams, config.steps_per_frame, config.clip_frames,
                                         repeats=config.repeats),
-      "train": lambda: benchmarking.train_step(model, params, config.train_batch, config.iters, repeats=config.repeats),
+      "train": lambda: benchmarking.train_step(model, params, config.train_batch, config.iters, config.warmup,
+                                               config.repeats),
   }
+  unknown = set(_ONLY.value) - set(measurements)
+  if unknown:
+    raise ValueError(f"--only: unknown measurements {sorted(unknown)}; expected some of {list(measurements)}")
   device = jax.devices()[0]
+  peak_tflops = config.peak_tflops.get(dtype)
   results = []
   for name in _ONLY.value:
-    result = {"measure": name, "device": device.device_kind, "devices": jax.device_count(),
-              "dtype": config.model.dtype, **measurements[name]()}
+    result = {"measure": name, "device": device.device_kind, "devices": jax.device_count(), "jax": jax.__version__,
+              "dtype": dtype, "attention_impl": config.model.attention_impl, **benchmarking.measure(measurements[name])}
+    result.update(peak_tflops=peak_tflops, mfu=result["tflop_per_s"] / peak_tflops if peak_tflops else None)
     print(json.dumps(result), flush=True)
     results.append(result)
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:
       json.dump(results, f, indent=1)
+  if _COMPARE.value:
+    print(benchmarking.comparison(results, config.reference.get(dtype, {})))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Speed measurements of FLAV on the available devices (RFLAV.md section 6 measures the official code likewise).
 
 Each measurement compiles first, runs `warmup` untimed iterations, then times `iters` iterations ending in
-`block_until_ready`, and reports the median of `repeats` such timings. FLOP counts come from XLA's cost
-analysis of the compiled program.
+`block_until_ready`, and reports the median of `repeats` such timings. FLOPs are counted analytically
+(`rflav_jax.models.flops`; XLA's cost analysis leaves out library GEMMs on GPUs). `measure` adds to any
+measurement the time spent tracing, lowering and compiling its programs, and its peak memory.
 """
+import contextlib
 import functools
 import statistics
 import time
@@ -17,6 +19,16 @@ from rflav_jax.flow.guidance import model_velocity
 from rflav_jax.flow.loss import sample_rolling_flow_loss
 from rflav_jax.flow.sampling import RollingSampler, Window
 from rflav_jax.models.flav import FLAV
+from rflav_jax.models.flops import forward_flops, train_step_flops
+
+# The headline figure of each measurement and its name in a reference (config.reference.<dtype>).
+HEADLINE = {"forward": "samples_per_s", "rolling": "frames_per_s", "clip": "frames_per_s", "train": "samples_per_s",
+            "matmul": "tflop_per_s"}
+# jax.monitoring duration events of making a program -> our field.
+_COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+                   "/jax/core/compile/backend_compile_duration": "compile_s"}
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 
 def _median_seconds(run: Callable[[], object], iters: int, warmup: int, repeats: int) -> float:
@@ -47,24 +59,39 @@ def init_params(model: FLAV, seed: int = 0):
   return jax.jit(model.init)(jax.random.key(seed), *_inputs(model, 1, jax.random.key(seed)))["params"]
 
 
+def _program_gb(compiled) -> float | None:
+  """Memory a compiled program needs (arguments, outputs and temporaries, XLA's static analysis), GB."""
+  analysis = compiled.memory_analysis()
+  return None if analysis is None else analysis.peak_memory_in_bytes / 1e9
+
+
 def forward(model: FLAV, params, batch: int, iters: int, warmup: int = 2, repeats: int = 3) -> dict:
-  """One forward pass on a full window: seconds, samples/s and achieved TFLOP/s."""
+  """One forward pass on a full window: seconds, samples/s and achieved TFLOP/s (analytic and XLA's count)."""
   inputs = _inputs(model, batch, jax.random.key(1))
   compiled = jax.jit(model.apply).lower({"params": params}, *inputs).compile()
-  total_flops = flops(compiled)
   seconds = _median_seconds(lambda: compiled({"params": params}, *inputs), iters, warmup, repeats)
-  return {"batch": batch, "seconds": seconds, "samples_per_s": batch / seconds, "tflop_per_sample": total_flops / batch / 1e12,
-          "tflop_per_s": total_flops / seconds / 1e12}
+  return {"batch": batch, "seconds": seconds, "samples_per_s": batch / seconds,
+          "tflop_per_sample": forward_flops(model) / 1e12, "tflop_per_s": batch * forward_flops(model) / seconds / 1e12,
+          "xla_tflop_per_sample": flops(compiled) / batch / 1e12, "program_gb": _program_gb(compiled)}
 
 
 def rolling(model: FLAV, params, streams: int, steps_per_frame: int, frames: int, repeats: int = 3) -> dict:
-  """Steady-state rolling generation (after pre-roll): frames/s summed over streams."""
+  """Steady-state rolling generation (after pre-roll): frames/s summed over streams.
+
+  Also first_frame_s: from a cold `RollingSampler.stream` to the first frame on the host (compilation of
+  the pre-roll, noise and one-frame programs included unless done before in this process).
+  """
   sampler = RollingSampler(model_velocity(model, params), steps_per_frame)
   v, a, _, y = _inputs(model, streams, jax.random.key(2))
+  start = time.perf_counter()
+  next(sampler.stream(v, a, jax.random.key(6), chunk_frames=1, labels=y))
+  first_frame_s = time.perf_counter() - start
   window = sampler.start(Window(v, a), y)
   noise = Window(jnp.zeros((frames, *v.shape[:1], *v.shape[2:])), jnp.zeros((frames, *a.shape[:1], *a.shape[2:])))
   seconds = _median_seconds(lambda: sampler.roll(window, noise, y), 1, 1, repeats)
-  return {"streams": streams, "frames": frames, "frames_per_s": streams * frames / seconds}
+  frames_per_s = streams * frames / seconds
+  return {"streams": streams, "frames": frames, "frames_per_s": frames_per_s, "first_frame_s": first_frame_s,
+          "tflop_per_s": frames_per_s * steps_per_frame * forward_flops(model) / 1e12}
 
 
 def clip(model: FLAV, params, streams: int, steps_per_frame: int, frames: int, repeats: int = 3) -> dict:
@@ -73,11 +100,13 @@ def clip(model: FLAV, params, streams: int, steps_per_frame: int, frames: int, r
   v, a, _, y = _inputs(model, streams, jax.random.key(3))
   noise = Window(jnp.zeros((frames, *v.shape[:1], *v.shape[2:])), jnp.zeros((frames, *a.shape[:1], *a.shape[2:])))
   seconds = _median_seconds(lambda: sampler.generate(Window(v, a), noise, y), 1, 1, repeats)
-  return {"streams": streams, "frames": frames, "frames_per_s": streams * frames / seconds}
+  evaluations = sampler.plan.num_preroll_steps(model.predict_frames) + (frames - 1) * steps_per_frame
+  return {"streams": streams, "frames": frames, "frames_per_s": streams * frames / seconds,
+          "tflop_per_s": streams * evaluations * forward_flops(model) / seconds / 1e12}
 
 
 def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, repeats: int = 3) -> dict:
-  """One AdamW step of the rolling flow loss (the released recipe's optimiser): samples/s and peak memory."""
+  """One AdamW step of the rolling flow loss (the released recipe's optimiser): samples/s and achieved TFLOP/s."""
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-4, weight_decay=0.02))
   v, a, _, y = _inputs(model, batch, jax.random.key(4))
 
@@ -90,16 +119,25 @@ def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, rep
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  params = jax.tree.map(jnp.copy, params)  # the step donates its inputs
-  state = [params, optimizer.init(params)]
+  params = jax.jit(functools.partial(jax.tree.map, jnp.copy))(params)  # the step donates its inputs
+  state = [params, jax.jit(optimizer.init)(params)]
+  compiled = step.lower(*state, jax.random.key(5)).compile()
 
   def run():
-    state[0], state[1], loss = step(state[0], state[1], jax.random.key(5))
+    state[0], state[1], loss = compiled(state[0], state[1], jax.random.key(5))
     return loss
 
   seconds = _median_seconds(run, iters, warmup, repeats)
-  stats = jax.local_devices()[0].memory_stats() or {}
-  return {"batch": batch, "samples_per_s": batch / seconds, "peak_gb": stats.get("peak_bytes_in_use", 0) / 1e9}
+  return {"batch": batch, "remat": model.remat, "samples_per_s": batch / seconds,
+          "tflop_per_s": train_step_flops(model, batch) / seconds / 1e12, "program_gb": _program_gb(compiled)}
+
+
+def matmul(dtype, size: int, iters: int, warmup: int = 2, repeats: int = 3) -> dict:
+  """A size^3 matmul in `dtype`: the achieved TFLOP/s, a measured ceiling for MFU."""
+  x = jax.random.normal(jax.random.key(7), (size, size), dtype)
+  compiled = jax.jit(jnp.matmul).lower(x, x).compile()
+  seconds = _median_seconds(lambda: compiled(x, x), iters, warmup, repeats)
+  return {"size": size, "tflop_per_s": 2 * size ** 3 / seconds / 1e12}
 
 
 def flops(compiled) -> float:
@@ -107,3 +145,108 @@ def flops(compiled) -> float:
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return float(analysis.get("flops", 0.0))
+
+
+def _union_seconds(spans: list[tuple[float, float]]) -> float:
+  """Length of the union of (start, end) intervals (nested programs are traced inside their caller)."""
+  total, reach = 0.0, float("-inf")
+  for start, end in sorted(spans):
+    total += max(0.0, end - max(start, reach))
+    reach = max(reach, end)
+  return total
+
+
+@contextlib.contextmanager
+def compile_log():
+  """Yields a dict filled on exit with what making programs cost inside the block.
+
+  trace_s, lower_s, compile_s: wall seconds tracing to jaxprs, lowering to StableHLO, and compiling (or
+  loading from the persistent cache); programs: {name: compile seconds} per program compiled, a repeated
+  name suffixed "#k"; cache_hits: programs loaded from the persistent compilation cache.
+  """
+  spans = {field: [] for field in _COMPILE_EVENTS.values()}
+  log = {"programs": {}, "cache_hits": 0}
+
+  def on_span(event, start, end, **kwargs):
+    if event in _COMPILE_EVENTS:
+      spans[_COMPILE_EVENTS[event]].append((start, end))
+    if _COMPILE_EVENTS.get(event) == "compile_s":
+      name = kwargs.get("fun_name", "?")
+      count = sum(n == name or n.startswith(name + "#") for n in log["programs"])
+      log["programs"][f"{name}#{count + 1}" if count else name] = end - start
+
+  def on_event(event, **kwargs):
+    log["cache_hits"] += event == _CACHE_HIT_EVENT
+
+  jax.monitoring.register_event_time_span_listener(on_span)
+  jax.monitoring.register_event_listener(on_event)
+  try:
+    yield log
+  finally:
+    jax.monitoring.unregister_event_time_span_listener(on_span)
+    jax.monitoring.unregister_event_listener(on_event)
+    log.update({field: _union_seconds(s) for field, s in spans.items()})
+
+
+def _host_memory_kb(field: str) -> int | None:
+  """A field of /proc/self/status in kB ("VmRSS", "VmHWM"), None off Linux."""
+  try:
+    with open("/proc/self/status") as f:
+      return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+  except (OSError, StopIteration):
+    return None
+
+
+@contextlib.contextmanager
+def peak_memory():
+  """Yields a dict filled on exit with peak_gb and peak_memory (what peak_gb measures).
+
+  Devices with memory statistics (GPUs): the device's peak bytes in use since the process started (run a
+  measurement alone with --only for its own peak). Otherwise (CPU) the process's peak resident memory
+  during the block (Linux, reset on entry through /proc/self/clear_refs), and peak_delta_gb above the
+  memory resident on entry.
+  """
+  info = {}
+  device = jax.local_devices()[0]
+  rss = None
+  if device.memory_stats() is None:
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+      f.write("5")  # resets the peak resident set size (VmHWM)
+    rss = _host_memory_kb("VmRSS")
+  yield info
+  stats = device.memory_stats()
+  if stats is not None:
+    info.update(peak_gb=stats.get("peak_bytes_in_use", 0) / 1e9,
+                peak_memory="device peak bytes in use since the process started")
+  elif rss is not None and (peak := _host_memory_kb("VmHWM")) is not None:
+    info.update(peak_gb=peak * 1024 / 1e9, peak_delta_gb=(peak - rss) * 1024 / 1e9,
+                peak_memory="host process peak resident memory during the measurement")
+  else:
+    info.update(peak_gb=None, peak_memory="unavailable")
+
+
+def measure(run: Callable[[], dict]) -> dict:
+  """run()'s result with the cost of making its programs (`compile_log`) and its peak memory (`peak_memory`)."""
+  with compile_log() as compiles, peak_memory() as memory:
+    result = run()
+  return {**result, **compiles, **memory}
+
+
+def comparison(results: list[dict], reference) -> str:
+  """A table of each measurement's headline figure (and training's peak memory) beside the reference's.
+
+  reference: {"source": text, "<measure>": figure, "<measure>_peak_gb": GB}; training with remat reads
+  "train_remat" and "train_remat_peak_gb".
+  """
+  rows = [("measure", "figure", "ours", "reference", "ours / reference")]
+  for result in results:
+    name = result["measure"] + ("_remat" if result.get("remat") else "")
+    for figure, key in ((HEADLINE[result["measure"]], name), ("peak_gb", f"{name}_peak_gb")):
+      ours, theirs = result.get(figure), reference.get(key)
+      if ours is None or (figure == "peak_gb" and theirs is None):
+        continue
+      ratio = f"{ours / theirs:.2f}x" if theirs else "-"
+      rows.append((name, figure, f"{ours:.4g}", "-" if theirs is None else f"{theirs:.4g}", ratio))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+  return "\n".join([f"reference: {reference.get('source', 'none given')}", *lines])

@@ -1,12 +1,19 @@
-"""The benchmark's FLOP accounting and its measurements run (speed itself is never asserted)."""
+"""The benchmark's FLOP accounting, attention choice and command line (speed itself is never asserted)."""
+import json
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from rflav_jax import benchmarking
 from rflav_jax.convert.flav import abstract_params
-from rflav_jax.models import flops
+from rflav_jax.models import flops, layers
 from rflav_jax.models.flav import FLAV, flav_from_preset
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_flav_b1_window_costs_the_published_flops():
@@ -38,3 +45,57 @@ def test_measurements_run_on_a_tiny_model():
   assert benchmarking.rolling(model, params, streams=1, steps_per_frame=1, frames=2, repeats=1)["frames_per_s"] > 0
   assert benchmarking.clip(model, params, streams=1, steps_per_frame=1, frames=2, repeats=1)["frames_per_s"] > 0
   assert benchmarking.train_step(model, params, batch=2, iters=1, warmup=1, repeats=1)["samples_per_s"] > 0
+
+
+def test_automatic_attention_is_cudnn_only_where_it_applies(monkeypatch):
+  choose = layers.attention_implementation
+  assert choose("auto", jnp.bfloat16, 64, 10, False) == "xla"  # this machine has no NVIDIA GPU
+  assert choose(None, jnp.bfloat16, 64, 10, False) == choose("", jnp.bfloat16, 64, 10, False) == "xla"
+  assert choose("cudnn", jnp.float32, 64, 10, False) == "cudnn"  # as requested
+  monkeypatch.setattr(layers, "_has_cudnn_attention", lambda: True)
+  assert choose("auto", jnp.bfloat16, 64, 10, False) == "cudnn"
+  assert choose("auto", jnp.float16, 64, 11, True) == "xla"  # a mask needs an even token count
+  assert choose("auto", jnp.float32, 64, 10, False) == "xla"  # float32 (the parity tests) stays on XLA
+  assert choose("auto", jnp.bfloat16, 12, 10, False) == "xla"  # head dim not a multiple of 8
+  assert choose("xla", jnp.bfloat16, 64, 10, False) == "xla"
+  with pytest.raises(ValueError, match="flash"):
+    choose("flash", jnp.bfloat16, 64, 10, False)
+
+
+def test_comparison_sets_figures_beside_the_reference():
+  results = [{"measure": "rolling", "frames_per_s": 30.0}, {"measure": "train", "remat": True, "samples_per_s": 7.0,
+                                                             "peak_gb": 6.0}]
+  table = benchmarking.comparison(results, {"source": "official", "rolling": 15.0, "train_remat": 14.0,
+                                            "train_remat_peak_gb": 12.0})
+  assert table.splitlines()[0] == "reference: official"
+  assert table.splitlines()[2].split() == ["rolling", "frames_per_s", "30", "15", "2.00x"]
+  assert table.splitlines()[3].split() == ["train_remat", "samples_per_s", "7", "14", "0.50x"]
+  assert table.splitlines()[4].split() == ["train_remat", "peak_gb", "6", "12", "0.50x"]
+
+
+def _benchmark(*flags):
+  result = subprocess.run([sys.executable, "-m", "launch.benchmark", "--config=configs/bench_cpu.py:short", *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_benchmark_command_reports_flops_mfu_compile_times_and_memory(tmp_path):
+  cache = tmp_path / "xla_cache"
+  stdout = _benchmark(f"--output={tmp_path / 'bench.json'}", f"--config.compilation_cache_dir={cache}",
+                      "--config.model.attention_impl=xla", "--compare")
+  results = {r["measure"]: r for r in json.loads((tmp_path / "bench.json").read_text())}
+  assert list(results) == ["matmul", "forward", "rolling", "clip", "train"]
+  for r in results.values():
+    assert r["tflop_per_s"] > 0 and r["mfu"] == pytest.approx(r["tflop_per_s"] / 0.187)
+    assert r["compile_s"] > 0 and r["lower_s"] > 0 and r["programs"] and r["cache_hits"] == 0
+    assert r["peak_gb"] > 0 and r["peak_memory"] and r["attention_impl"] == "xla"
+  assert results["forward"]["samples_per_s"] > 0 and results["forward"]["program_gb"] > 0
+  assert results["rolling"]["frames_per_s"] > 0 and results["rolling"]["first_frame_s"] > 0
+  assert results["clip"]["frames_per_s"] > 0
+  assert results["train"]["samples_per_s"] > 0 and results["train"]["program_gb"] > 0
+  assert "reference: none given" in stdout and "ours / reference" in stdout
+  # A second run of the same programs loads them from the persistent compilation cache.
+  again = json.loads(_benchmark("--only=forward", f"--config.compilation_cache_dir={cache}",
+                                "--config.model.attention_impl=xla").splitlines()[-1])
+  assert again["cache_hits"] >= 1 and again["compile_s"] < results["forward"]["compile_s"]
