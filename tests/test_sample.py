@@ -157,7 +157,7 @@ def test_bad_inputs_are_refused_before_any_compute(tmp_path, monkeypatch):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
       sample.sample(config, tmp_path / "out")
   for label in (5, -1):  # classes 0..3, null label 4
-    config = tiny_config()
+    config = tiny_config(num_classes=4)
     config.sample.label = label
     with pytest.raises(ValueError, match=f"config.sample.label={label}: the model has classes 0..3"):
       sample.sample_with(*random_model(config), config, tmp_path / "out")
