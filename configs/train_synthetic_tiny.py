@@ -1,0 +1,56 @@
+r"""Train the tiny pixel-space FLAV of synthetic_tiny.py on the built-in bouncing-ball set, on a laptop CPU.
+
+  python -m launch.train --config=configs/train_synthetic_tiny.py --workdir=workdir/tiny
+  python -m launch.sample --config=configs/synthetic_tiny.py --config.checkpoint=workdir/tiny/export
+  python -m launch.train --config=configs/train_synthetic_tiny.py:micro --workdir=/tmp/micro  # seconds: a smoke test
+
+Sections: model / codec / vocoder / sample / audio_scale / seed as in the sampling config it extends (the
+samples written during training use them), plus data, optim, loss, ema and train.
+"""
+import ml_collections
+
+from configs import synthetic_tiny
+
+
+def get_config(variant: str = ""):
+  """variant "" (the shipped model's recipe) or "micro" (a model of a few thousand weights, for tests)."""
+  config = synthetic_tiny.get_config()
+  config.checkpoint = ""  # a converted folder to start from instead of fresh weights (fine-tuning)
+
+  # Data: the bouncing-ball set in memory; each step sees random 10-frame windows of 16-frame clips.
+  config.data = ml_collections.ConfigDict(dict(
+      source="synthetic",  # "synthetic" | "synthetic_tfds" (written under data_dir) | "tfds" (dataset_dir)
+      num_clips=2048, clip_frames=16, resolution=32, seed=0, data_dir="", dataset_dir="", split="train"))
+
+  # AdamW as released (RFLAV.md section 4), with a short warm-up and a cosine decay for a short run.
+  config.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3, schedule="cosine", warmup_steps=100, decay_steps=0, min_lr_ratio=0.05, b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.02, grad_clip=1.0))
+  # Rolling flow loss: share of rolling (vs pre-rolling) windows and the per-frame weighting.
+  config.loss = ml_collections.ConfigDict(dict(p_rollout=0.8, weighting="logit_normal"))
+  # EMA of the weights: decay warmed up as 1 - (1 + n)^-power, capped at `decay` (warmup=False: fixed decay).
+  config.ema = ml_collections.ConfigDict(dict(decay=0.999, warmup=True, power=0.75))
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=16,  # global, over all devices of all hosts
+      accumulate_steps=1,  # micro-batches per step (gradient accumulation)
+      num_steps=1200,
+      log_every=25,
+      checkpoint_every=250,
+      keep_checkpoints=3,  # the newest K ...
+      keep_every=0,  # ... plus every M-th step (0: none)
+      async_checkpoints=True,
+      sample_every=0,  # steps between preview samples from the EMA weights (0: only at the end when > 0)
+      sample_frames=40,
+      skip_nonfinite=False,  # False: a NaN/Inf loss or gradient stops the run; True: the update is skipped
+      fsdp=1,  # devices that split params and optimizer state (fully sharded data parallel)
+      peak_tflops_per_device=0.0,  # for MFU; 0 leaves it out (CPUs have no meaningful peak)
+  ))
+  if variant == "micro":
+    config.model.update(latent_size=16, patch_size=4, hidden_size=32, depth=1, num_heads=2, predict_frames=4)
+    config.data.update(num_clips=32, clip_frames=6, resolution=16)
+    config.train.update(batch_size=8, num_steps=10, log_every=1, checkpoint_every=5)
+    config.sample.update(num_frames=6, chunk_frames=3)
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} of train_synthetic_tiny: expected '' or 'micro'")
+  return config

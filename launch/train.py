@@ -1,0 +1,35 @@
+r"""Trains FLAV with the rolling flow loss; the same command resumes.
+
+  python -m launch.train --config=configs/train_synthetic_tiny.py --workdir=workdir/tiny
+  python -m launch.train --config=configs/train_flav_b1.py:aist --workdir=gs://bucket/aist \
+      --config.data.dataset_dir=/data/tfds/av_folder/aist_r256_fps10_t10_labelled/1.0.0
+
+Every config field can be overridden (--config.optim.lr=3e-4). Several processes (a TPU pod, several GPU
+hosts) run the same command on every host, with --multihost (cluster environments) or with
+--coordinator_address, --num_processes and --process_id.
+"""
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from rflav_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/train_synthetic_tiny.py", "Training config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, samples and export/.",
+                               required=True)
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Start jax.distributed from the cluster's environment.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for jax.distributed.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, with --coordinator_address.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator_address.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  from rflav_jax.train import parallel, trainer  # pylint: disable=g-import-not-at-top  (after flag parsing)
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  cli.run(main)

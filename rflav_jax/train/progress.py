@@ -1,0 +1,79 @@
+"""What a run shows while it trains (process 0 only): console lines, DIR/metrics.jsonl and TensorBoard scalars.
+
+Each logged step gets one JSON line in metrics.jsonl with fixed names: step, loss, loss_video, loss_audio,
+grad_norm, lr (means over the steps since the last log), skipped (non-finite updates so far), steps_per_s,
+samples_per_s, tflops_per_s (analytic count, models.flops) and, when a peak is configured, mfu. The same
+scalars go to TensorBoard under DIR/tensorboard.
+"""
+import json
+import logging as py_logging
+import pathlib
+import time
+
+import numpy as np
+from absl import logging
+
+
+def quiet_library_logs() -> None:
+  """Keeps Orbax's per-save INFO lines out of the console (its warnings and errors still show)."""
+  quiet = lambda record: record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+  logging.get_absl_logger().addFilter(quiet)
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+  """Rates, ETA and the metric files of a run from `first_step` to `num_steps`."""
+
+  def __init__(self, workdir: pathlib.Path, first_step: int, num_steps: int, batch_size: int,
+               flops_per_step: float, peak_flops: float, write: bool):
+    self._first, self._num_steps, self._batch = first_step, num_steps, batch_size
+    self._flops, self._peak = flops_per_step, peak_flops
+    self._write = write
+    self._start = self._last_time = None
+    self._last_step = first_step
+    self._metrics = open(workdir / "metrics.jsonl", "a") if write else None
+    self._tensorboard = None
+    if write:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TensorBoard writer)
+      self._tensorboard = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+
+  def start(self, step: int) -> None:
+    """Marks the end of compilation, after `step`: rates count from here."""
+    self._start = self._last_time = time.perf_counter()
+    self._first = self._last_step = step
+
+  def log(self, step: int, metrics: list[dict], skipped: int) -> dict:
+    """Averages the per-step metrics since the last log (host numpy dicts), prints and writes them."""
+    now = time.perf_counter()
+    steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    record = {"step": step, **{k: float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k != "finite"},
+              "skipped": skipped, "steps_per_s": steps_per_s, "samples_per_s": steps_per_s * self._batch,
+              "tflops_per_s": steps_per_s * self._flops / 1e12}
+    if self._peak:
+      record["mfu"] = steps_per_s * self._flops / self._peak
+    overall = (step - self._first) / max(now - self._start, 1e-9)
+    eta = _duration((self._num_steps - step) / overall) if overall > 0 else "?"
+    mfu = f", MFU {100 * record['mfu']:.1f}%" if self._peak else ""
+    logging.info("step %d/%d  loss %.4f (video %.4f, audio %.4f)  grad %.3g  lr %.3g  %.2f steps/s  %.1f samples/s%s"
+                 "  ETA %s", step, self._num_steps, record["loss"], record["loss_video"], record["loss_audio"],
+                 record["grad_norm"], record["lr"], steps_per_s, record["samples_per_s"], mfu, eta)
+    if self._write:
+      self._metrics.write(json.dumps(record) + "\n")
+      self._metrics.flush()
+      with self._tensorboard.as_default(step=step):
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        for name, value in record.items():
+          if name != "step":
+            tf.summary.scalar(name, value)
+      self._tensorboard.flush()
+    return record
+
+  def close(self) -> None:
+    if self._write:
+      self._metrics.close()
+      self._tensorboard.close()

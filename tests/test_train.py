@@ -1,0 +1,218 @@
+"""Training: one step, device and process counts, exact resume after kill -9, SIGTERM, export, refusals.
+
+Runs use configs/train_synthetic_tiny.py:micro (a FLAV of a few thousand weights on 16x16 bouncing balls).
+Command-line runs go through `python -m launch.train` in subprocesses, as a user would start them.
+"""
+import json
+import os
+import pathlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import train_synthetic_tiny
+from conftest import rel_l2
+from rflav_jax.convert import release
+from rflav_jax.train import trainer
+from rflav_jax.train.state import ema_decay_fn
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def micro_config(**train):
+  config = train_synthetic_tiny.get_config("micro")
+  config.train.update(**train)
+  return config
+
+
+def launch(workdir, *overrides, devices: int = 1, wait: bool = True, extra_args=()):
+  """`python -m launch.train --config=...:micro --workdir=workdir <overrides>`; the CompletedProcess or Popen."""
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+  command = [sys.executable, "-m", "launch.train", "--config=configs/train_synthetic_tiny.py:micro",
+             f"--workdir={workdir}", *[f"--config.{o}" for o in overrides], *extra_args]
+  if not wait:
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return result
+
+
+def check_ok(result):
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def saved_state(workdir, step=None) -> dict:
+  """The train state stored at `step` (default: the newest) as numpy arrays."""
+  with ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints") as manager:
+    step = manager.latest_step() if step is None else step
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  return jax.tree.map(np.asarray, state)
+
+
+def assert_states_close(a, b, tolerance):
+  for name in ("params", "ema_params"):
+    errors = jax.tree.leaves(jax.tree.map(rel_l2, a[name], b[name]))
+    assert max(errors) <= tolerance, (name, max(errors))
+
+
+def assert_states_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_one_step_updates_params_and_writes_metrics(tmp_path):
+  config = micro_config(num_steps=1, log_every=1)
+  state = trainer.train_and_evaluate(config, tmp_path)
+  assert int(state.step) == 1
+  record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  for name in ("step", "loss", "loss_video", "loss_audio", "grad_norm", "lr", "samples_per_s"):
+    assert name in record
+  assert record["step"] == 1 and np.isfinite(record["loss"]) and record["grad_norm"] > 0
+  initial = saved_state(tmp_path)
+  model, exported = release.load_flav(tmp_path / "export")
+  assert model.hidden_size == 32
+  assert_states_equal(jax.tree.map(np.asarray, exported), initial["ema_params"])
+  assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_ema_decay_warms_up_and_is_capped():
+  config = micro_config()
+  config.ema.update(decay=0.99, warmup=True, power=0.75)
+  decay = ema_decay_fn(config.ema)
+  np.testing.assert_allclose(decay(np.int32(1)), 1 - 2 ** -0.75, rtol=1e-6)
+  assert float(decay(np.int32(10 ** 6))) == pytest.approx(0.99)
+  config.ema.warmup = False
+  assert float(ema_decay_fn(config.ema)(np.int32(1))) == pytest.approx(0.99)
+
+
+def test_loss_falls_clearly_within_a_few_hundred_steps(tmp_path):
+  config = micro_config(num_steps=150, log_every=25, checkpoint_every=150)
+  config.optim.update(lr=3e-3, warmup_steps=20)
+  trainer.train_and_evaluate(config, tmp_path)
+  losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_eight_devices_and_fsdp_match_one_device(tmp_path):
+  common = ("train.num_steps=3", "train.checkpoint_every=3")
+  check_ok(launch(tmp_path / "one", *common))
+  check_ok(launch(tmp_path / "eight", *common, devices=8))
+  check_ok(launch(tmp_path / "fsdp", *common, "train.fsdp=2", devices=8))
+  one = saved_state(tmp_path / "one")
+  assert_states_close(saved_state(tmp_path / "eight"), one, 1e-5)
+  assert_states_close(saved_state(tmp_path / "fsdp"), one, 1e-5)
+
+
+def test_two_processes_train_together_like_one(tmp_path):
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  common = ("train.num_steps=2", "train.checkpoint_every=2")
+  runs = [launch(tmp_path / "two", *common, wait=False, extra_args=(
+      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}")) for i in range(2)]
+  outputs = [run.communicate(timeout=600)[0] for run in runs]
+  for run, output in zip(runs, outputs):
+    assert run.returncode == 0, output[-3000:]
+  check_ok(launch(tmp_path / "one", *common))
+  assert_states_close(saved_state(tmp_path / "two"), saved_state(tmp_path / "one"), 1e-5)
+
+
+def wait_for_step(workdir: pathlib.Path, step: int, run: subprocess.Popen) -> None:
+  metrics = workdir / "metrics.jsonl"
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= step):
+    assert run.poll() is None, run.stdout.read()[-3000:]
+    time.sleep(0.05)
+
+
+def test_kill_9_at_a_random_moment_then_resume_gives_the_same_weights(tmp_path):
+  common = ("train.num_steps=30",)
+  check_ok(launch(tmp_path / "straight", *common))
+  rng = random.Random(os.getpid())
+  kill_after = rng.randint(1, 27)
+  run = launch(tmp_path / "killed", *common, wait=False)
+  wait_for_step(tmp_path / "killed", kill_after, run)
+  time.sleep(rng.uniform(0, 0.3))
+  run.send_signal(signal.SIGKILL)
+  run.wait()
+  check_ok(launch(tmp_path / "killed", *common))
+  assert_states_equal(saved_state(tmp_path / "killed"), saved_state(tmp_path / "straight"))
+  straight, resumed = (release.load_flav(tmp_path / name / "export")[1] for name in ("straight", "killed"))
+  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+  run = launch(tmp_path, "train.num_steps=100000", "train.checkpoint_every=1000", wait=False)
+  wait_for_step(tmp_path, 3, run)
+  run.send_signal(signal.SIGTERM)
+  output = run.communicate(timeout=120)[0]
+  assert run.returncode == 0, output[-3000:]
+  state = saved_state(tmp_path)
+  assert int(state["step"]) >= 3
+  assert "run the same command again" in output
+
+
+def test_contradicting_config_is_refused_and_export_samples(tmp_path):
+  check_ok(launch(tmp_path, "train.num_steps=2"))
+  result = launch(tmp_path, "train.num_steps=4", "model.hidden_size=48", "model.depth=2")
+  assert result.returncode == 1
+  assert "config.model.depth=2 but the checkpoint at step 2" in result.stderr
+  assert "config.model.hidden_size=48" in result.stderr and "Traceback" not in result.stderr
+  sampled = subprocess.run(
+      [sys.executable, "-m", "launch.sample", "--config=configs/train_synthetic_tiny.py:micro",
+       f"--config.checkpoint={tmp_path / 'export'}", f"--output_dir={tmp_path / 'out'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  check_ok(sampled)
+  assert (tmp_path / "out" / "stream_0.mp4").stat().st_size > 0
+
+
+def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
+  config = micro_config(num_steps=4, checkpoint_every=2)
+  config.optim.update(lr=1e30, warmup_steps=0, grad_clip=0.0)
+  with pytest.raises(trainer.NonFiniteError, match=r"not finite at step \d; .*last good checkpoint"):
+    trainer.train_and_evaluate(config, tmp_path / "stop")
+  config.train.skip_nonfinite = True
+  state = trainer.train_and_evaluate(config, tmp_path / "skip")
+  assert int(state.step) == 4
+  records = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+  assert records[-1]["skipped"] >= 1
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(jax.tree.map(np.asarray, state.params)))
+
+
+def test_bad_setups_are_refused_before_compiling(tmp_path):
+  config = micro_config(batch_size=6)
+  config.train.accumulate_steps = 4
+  with pytest.raises(ValueError, match="accumulate_steps=4 must divide"):
+    trainer.train_and_evaluate(config, tmp_path / "a")
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(ValueError, match="cannot be written"):
+    trainer.train_and_evaluate(micro_config(), blocker / "workdir")
+  config = micro_config()
+  config.data.update(source="tfds", dataset_dir=str(tmp_path / "nothing"))
+  with pytest.raises(ValueError, match="launch.prepare_data"):
+    trainer.train_and_evaluate(config, tmp_path / "b")
+  config = micro_config()
+  config.model.num_classes = 2  # the bouncing balls have 3 classes
+  with pytest.raises(ValueError, match="num_classes=2"):
+    trainer.train_and_evaluate(config, tmp_path / "c")
+  result = launch(tmp_path / "d", "train.batch_size=6", devices=4)
+  assert result.returncode == 1 and "does not divide over the 4 devices" in result.stderr
+  result = launch(tmp_path / "e", "train.nmu_steps=3")
+  assert result.returncode != 0 and "nmu_steps" in result.stderr
+
+
+def test_accumulated_gradients_equal_the_full_batch_gradient():
+  from rflav_jax.train.step import loss_and_grads
+  batch = {"x": np.arange(24, dtype=np.float32).reshape(8, 3)}
+  loss_fn = lambda w, b, key: (np.float32(0.5) * ((b["x"] @ w) ** 2).mean(), {})
+  w = np.array([0.3, -0.2, 0.1], np.float32)
+  (full, _), grads = loss_and_grads(loss_fn, w, batch, jax.random.PRNGKey(0), 1)
+  (accumulated, _), accumulated_grads = loss_and_grads(loss_fn, w, batch, jax.random.PRNGKey(0), 4)
+  np.testing.assert_allclose(accumulated, full, rtol=1e-6)
+  np.testing.assert_allclose(accumulated_grads, grads, rtol=1e-6)
