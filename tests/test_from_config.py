@@ -58,10 +58,14 @@ def test_every_contradiction_is_named():
 
 def test_bad_folders_are_named_before_loading(tmp_path):
   config = ml_collections.ConfigDict(TINY)
-  with pytest.raises(ValueError, match="does not exist.*launch.convert --kind=flav"):
+  with pytest.raises(FileNotFoundError, match="does not exist; pass a folder written by launch.convert"):
     build_flav(config, str(tmp_path / "missing"))
-  with pytest.raises(ValueError, match="holds no config.py"):
+  with pytest.raises(FileNotFoundError, match="holds no config.py"):
     build_flav(config, str(tmp_path))
+  (tmp_path / "release").mkdir()
+  (tmp_path / "release" / "config.json").write_text('{"hidden_size": 32, "depth": 1, "num_heads": 2}')
+  with pytest.raises(FileNotFoundError, match="has not been converted: run launch.convert first"):
+    build_flav(config, str(tmp_path / "release"))
   export.save_converted(tmp_path / "vocoder", "vocoder", {"w": np.zeros(1)}, {"num_mels": 16}, "test")
   with pytest.raises(ValueError, match="holds a converted 'vocoder', not a 'flav'"):
     build_flav(config, str(tmp_path / "vocoder"))

@@ -4,7 +4,6 @@ Sampling and training build their networks here. `config.model` is a mapping of 
 optional official `preset` name (see configs/*.py); a converted or trained folder holds its own model
 arguments, and a config may then only repeat them, or change the runtime-only settings in RUNTIME_ARGS.
 """
-import pathlib
 from typing import Mapping
 
 from rflav_jax.codecs.pixel import PixelCodec
@@ -48,20 +47,6 @@ def check_config_matches(model_config, model_args: Mapping, source: str) -> None
                      f"\nFix the config or drop those fields ({source} defines the model).")
 
 
-def converted_config(folder: str | pathlib.Path, kind: str):
-  """The config.py of a converted `kind` folder ("flav", "sdvae", "vocoder"); ValueError naming what is wrong."""
-  folder = pathlib.Path(folder)
-  fix = f"pass a folder written by {_CONVERT_COMMAND[kind]}"
-  if not folder.is_dir():
-    raise ValueError(f"the {kind} folder {str(folder)!r} does not exist or is not a folder; {fix}")
-  if not (folder / "config.py").is_file():
-    raise ValueError(f"{folder} holds no config.py, so it is no converted {kind} folder; {fix}")
-  config = export.load_config(folder / "config.py")
-  if config.get("kind") != kind:
-    raise ValueError(f"{folder} holds a converted {config.get('kind')!r}, not a {kind!r}; {fix}")
-  return config
-
-
 def build_flav(model_config, checkpoint: str = "", seed: int = 0) -> tuple[FLAV, dict]:
   """(FLAV, params): freshly initialised from model_config and seed, or loaded from a converted folder.
 
@@ -73,7 +58,7 @@ def build_flav(model_config, checkpoint: str = "", seed: int = 0) -> tuple[FLAV,
     _expanded(model_config, "config.model")
     model = flav_from_config(model_config)
     return model, init_params(model, seed)
-  stored = converted_config(checkpoint, "flav")
+  stored = release.converted_config(checkpoint, "flav")
   check_config_matches(model_config, stored.model, f"the checkpoint in {checkpoint}")
   return release.load_flav(checkpoint, **{k: v for k, v in model_config.items() if k in RUNTIME_ARGS})
 
@@ -87,7 +72,7 @@ def build_video_codec(codec_config, model: FLAV):
   if not codec_config.checkpoint:
     raise ValueError("config.codec.kind='sdvae' needs config.codec.checkpoint: a folder from "
                      f"{_CONVERT_COMMAND['sdvae']}")
-  converted_config(codec_config.checkpoint, "sdvae")
+  release.converted_config(codec_config.checkpoint, "sdvae")
   codec = SdVaeCodec(*release.load_sdvae(codec_config.checkpoint))
   if codec.model.config.latent_channels != model.in_channels:
     raise ValueError(f"the SD-VAE in {codec_config.checkpoint} makes {codec.model.config.latent_channels}-channel "
@@ -104,6 +89,6 @@ def build_vocoder(vocoder_config, audio_scale: float, n_mels: int) -> MelVocoder
     if not vocoder_config.checkpoint:
       raise ValueError("config.vocoder.kind='hifigan' needs config.vocoder.checkpoint: a folder from "
                        f"{_CONVERT_COMMAND['vocoder']}")
-    converted_config(vocoder_config.checkpoint, "vocoder")
+    release.converted_config(vocoder_config.checkpoint, "vocoder")
     hifigan = release.load_vocoder(vocoder_config.checkpoint)
   return MelVocoder(n_mels, audio_scale, hifigan, vocoder_config.griffin_lim_iters)

@@ -58,7 +58,7 @@ def convert_release(kind: str, folder, output_dir, *, weights: str | None = None
   return export.save_converted(output_dir, kind, params, config, str(path))
 
 
-def _converted(folder, kind: str):
+def converted_config(folder, kind: str):
   """The converted folder's config (checkpoint resolved), refusing release folders and other kinds."""
   folder = pathlib.Path(folder)
   if (folder / "config.json").is_file() and not (folder / "config.py").exists():
@@ -75,20 +75,20 @@ def _converted(folder, kind: str):
 
 def load_flav(folder, **overrides):
   """(FLAV, params) from a converted folder; overrides change non-weight attributes, e.g. dtype="bfloat16"."""
-  config = _converted(folder, "flav")
+  config = converted_config(folder, "flav")
   model = flav_from_config({**config.model, **overrides})
   return model, export.restore_params(config.checkpoint, flav.abstract_params(model))
 
 
 def load_sdvae(folder, dtype="float32"):
   """(AutoencoderKL, params) from a converted folder."""
-  config = _converted(folder, "sdvae")
+  config = converted_config(folder, "sdvae")
   model = AutoencoderKL(VaeConfig.from_diffusers(config.model), dtype)
   return model, export.restore_params(config.checkpoint, sdvae.abstract_params(model))
 
 
 def load_vocoder(folder, dtype="float32"):
   """(HifiGanGenerator, params) from a converted folder."""
-  config = _converted(folder, "vocoder")
+  config = converted_config(folder, "vocoder")
   model = HifiGanGenerator(HifiGanConfig.from_dict(config.model), dtype)
   return model, export.restore_params(config.checkpoint, hifigan.abstract_params(model))
