@@ -216,3 +216,32 @@ def test_accumulated_gradients_equal_the_full_batch_gradient():
   (accumulated, _), accumulated_grads = loss_and_grads(loss_fn, w, batch, jax.random.PRNGKey(0), 4)
   np.testing.assert_allclose(accumulated, full, rtol=1e-6)
   np.testing.assert_allclose(accumulated_grads, grads, rtol=1e-6)
+
+
+def test_paper_configs_build_and_xl_state_is_sharded_over_fsdp():
+  from configs import train_flav_b1
+  assert train_flav_b1.get_config("aist").model.num_classes == 10
+  assert train_flav_b1.get_config("landscape").model.num_classes == 0
+  script = """
+import jax, numpy as np
+from configs import train_flav_xl_pod
+from rflav_jax.models.flav import dummy_inputs, flav_from_config
+from rflav_jax.train import optimizer, parallel, state
+config = train_flav_xl_pod.get_config()
+model = flav_from_config(config.model)
+key = jax.random.PRNGKey(0)
+opt = optimizer.make_optimizer(config.optim, config.train.num_steps)
+abstract = jax.eval_shape(lambda: state.create_train_state(model.init(key, *dummy_inputs(model))["params"], opt, key))
+shardings = parallel.state_sharding(abstract, parallel.make_mesh(config.train.fsdp))
+total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+per_device = sum(x.size * x.dtype.itemsize / (1 if s.is_fully_replicated else config.train.fsdp)
+                 for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
+print(total / 1e9, per_device / 1e9)
+"""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  total_gb, per_device_gb = map(float, result.stdout.split()[-2:])
+  assert total_gb > 8  # XL: params, EMA and two Adam moments in float32
+  assert per_device_gb < total_gb / 7  # nearly all of it split 8 ways

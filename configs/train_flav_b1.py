@@ -1,0 +1,34 @@
+r"""The paper's FLAV-B/1 recipe (RFLAV.md section 4) on AIST++ or Landscape: SD-VAE latents, window 10, bf16, remat.
+
+  python -m launch.prepare_data --source_dir=/data/aist --data_dir=/data/tfds --labelled --resolution=256
+  python -m launch.convert --kind=sdvae --checkpoint_dir=releases/sd-vae-ft-ema --output_dir=converted/sdvae
+  python -m launch.train --config=configs/train_flav_b1.py:aist --workdir=runs/aist \
+      --config.data.dataset_dir=/data/tfds/av_folder/aist_r256_fps10_t10_labelled/1.0.0 \
+      --config.codec.checkpoint=converted/sdvae
+
+`:landscape` trains the unconditional Landscape model. Samples written during training use Griffin-Lim unless
+--config.vocoder.checkpoint names a converted HiFi-GAN (then set --config.vocoder.kind=hifigan).
+"""
+from configs import flav_b1_aist, flav_b1_landscape, train_synthetic_tiny
+
+RELEASED = {"aist": flav_b1_aist, "landscape": flav_b1_landscape}
+
+
+def get_config(dataset: str = "aist"):
+  if dataset not in RELEASED:
+    raise ValueError(f"unknown dataset {dataset!r} for train_flav_b1: expected one of {sorted(RELEASED)}")
+  config = train_synthetic_tiny.get_config()
+  released = RELEASED[dataset].get_config()
+  for field in ("model", "codec", "vocoder", "sample", "audio_scale"):
+    config[field] = released[field]
+  config.model.update(remat=True, remat_policy="nothing_saveable")  # gradient checkpointing, as released
+  config.vocoder.kind = "griffin_lim"
+  config.sample.update(num_streams=1, num_frames=40)
+
+  config.data.update(source="tfds", dataset_dir="")  # a folder written by launch.prepare_data (see above)
+  config.optim.update(lr=1e-4, schedule="constant", warmup_steps=0, weight_decay=0.02, grad_clip=1.0)
+  config.ema.update(decay=0.9999, warmup=True, power=0.75)
+  config.train.update(batch_size=16, num_steps=400_000, log_every=100, checkpoint_every=5_000, keep_checkpoints=3,
+                      keep_every=50_000, sample_every=10_000, sample_frames=40,
+                      peak_tflops_per_device=989.0)  # H100 SXM dense bf16 (spec); set your accelerator's
+  return config
