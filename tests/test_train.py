@@ -52,7 +52,12 @@ def saved_state(workdir, step=None) -> dict:
   """The train state stored at `step` (default: the newest) as numpy arrays."""
   with ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints") as manager:
     step = manager.latest_step() if step is None else step
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
+  with ocp.StandardCheckpointer() as checkpointer:  # onto this process's first device, whatever saved it
+    metadata = checkpointer.metadata(path).item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+    state = checkpointer.restore(path, target)
   return jax.tree.map(np.asarray, state)
 
 

@@ -1,0 +1,37 @@
+r"""Measures bouncing-ball streams from their pictures and sound (rflav_jax/eval): one JSON line per segment.
+
+  python -m launch.evaluate --config=configs/synthetic_tiny.py --mode=joint --seconds=600 --segment_seconds=60
+  python -m launch.evaluate --config=configs/synthetic_tiny.py --mode=audio_to_video --seconds=30 --streams=4
+  python -m launch.evaluate --mode=real --seconds=30 --streams=4                       # real clips, the reference
+  python -m launch.evaluate --config.checkpoint= --mode=joint --seconds=30             # an untrained model
+"""
+import json
+
+from absl import flags
+from ml_collections import config_flags
+
+from rflav_jax import cli
+from rflav_jax.eval import evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sampling config of the model.")
+_MODE = flags.DEFINE_enum("mode", "joint", evaluate.MODES, "What to generate and measure.")
+_SECONDS = flags.DEFINE_float("seconds", 30.0, "Length of each stream in seconds (10 frames per second).")
+_SEGMENT = flags.DEFINE_float("segment_seconds", 30.0, "Figures are reported per segment of this length.")
+_STREAMS = flags.DEFINE_integer("streams", 1, "Independent streams (seeds / real clips).")
+_OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the per-segment results and their mean.")
+
+
+def main(argv):
+  del argv
+  results = evaluate.evaluate(_CONFIG.value, _MODE.value, _SECONDS.value, _SEGMENT.value, _STREAMS.value)
+  for result in results:
+    print(json.dumps(result))
+  mean = evaluate.summary(results)
+  print(json.dumps({"mean": mean}))
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w") as f:
+      json.dump({"results": results, "mean": mean}, f, indent=1)
+
+
+if __name__ == "__main__":
+  cli.run(main)

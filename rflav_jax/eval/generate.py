@@ -1,0 +1,71 @@
+"""Streams of a pixel-space FLAV as arrays (no codecs, no files), for measuring what a model does.
+
+Frames come back as uint8 video (streams, T, R, R, 3) and mel (streams, T, 10, N) divided by audio_scale,
+the layouts `synthetic_av` reads. Labels / guidance: label None for unconditional models; guidance_scale != 1
+applies classifier-free guidance.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rflav_jax.codecs.pixel import to_uint8
+from rflav_jax.flow.guidance import classifier_free_guidance, model_velocity
+from rflav_jax.flow.sampling import RollingSampler, generate_audio_from_video, generate_video_from_audio
+from rflav_jax.models.flav import FLAV
+
+
+def _velocity(model: FLAV, params, label: int | None, guidance_scale: float, streams: int):
+  if label is None:
+    return model_velocity(model, params), None
+  labels = jnp.full((streams,), label, jnp.int32)
+  if guidance_scale != 1.0:
+    return classifier_free_guidance(model, params, guidance_scale), labels
+  return model_velocity(model, params), labels
+
+
+def joint(model: FLAV, params, num_frames: int, *, streams: int = 1, label: int | None = None,
+          guidance_scale: float = 1.0, steps_per_frame: int = 2, seed: int = 0, audio_scale: float = 1.0,
+          chunk_frames: int = 100) -> tuple[np.ndarray, np.ndarray]:
+  """num_frames jointly generated frames per stream, rolled chunk by chunk (constant device memory)."""
+  velocity, labels = _velocity(model, params, label, guidance_scale, streams)
+  sampler = RollingSampler(velocity, steps_per_frame, devices=jax.local_devices()[:1])
+  key_v, key_a, key = jax.random.split(jax.random.key(seed), 3)
+  size, window = model.latent_size, model.predict_frames
+  init_v = jax.random.normal(key_v, (streams, window, size, size, model.in_channels))
+  init_a = jax.random.normal(key_a, (streams, window, model.audio_columns, model.n_mels))
+  video, mel = [], []
+  for frames_v, frames_a in sampler.stream(init_v, init_a, key, chunk_frames, labels):
+    video.append(to_uint8(frames_v))
+    mel.append(np.asarray(frames_a) / audio_scale)
+    if sum(v.shape[1] for v in video) >= num_frames:
+      break
+  return np.concatenate(video, axis=1)[:, :num_frames], np.concatenate(mel, axis=1)[:, :num_frames]
+
+
+def video_for_audio(model: FLAV, params, mel: np.ndarray, *, label: int | None = None, guidance_scale: float = 1.0,
+                    condition_guidance: float = 1.0, steps_per_frame: int = 2, seed: int = 0,
+                    audio_scale: float = 1.0) -> np.ndarray:
+  """uint8 video (T - W, R, R, 3) generated for the given mel frames (T, 10, N) in [-1, 1]."""
+  velocity, labels = _velocity(model, params, label, guidance_scale, 1)
+  key_init, key = jax.random.split(jax.random.key(seed))
+  size, window = model.latent_size, model.predict_frames
+  init_v = jax.random.normal(key_init, (1, window, size, size, model.in_channels))
+  frames = generate_video_from_audio(velocity, init_v, np.asarray(mel)[None] * audio_scale, len(mel) - window,
+                                     steps_per_frame, guidance_scale=condition_guidance, key=key, labels=labels,
+                                     devices=jax.local_devices()[:1])
+  return to_uint8(frames)[0]
+
+
+def audio_for_video(model: FLAV, params, video: np.ndarray, *, label: int | None = None, guidance_scale: float = 1.0,
+                    condition_guidance: float = 1.0, steps_per_frame: int = 2, seed: int = 0,
+                    audio_scale: float = 1.0) -> np.ndarray:
+  """mel (T - W, 10, N) in [-1, 1] generated for the given uint8 video frames (T, R, R, 3)."""
+  velocity, labels = _velocity(model, params, label, guidance_scale, 1)
+  key_init, key = jax.random.split(jax.random.key(seed))
+  window = model.predict_frames
+  init_a = jax.random.normal(key_init, (1, window, model.audio_columns, model.n_mels))
+  given = np.asarray(video, np.float32)[None] / 127.5 - 1.0
+  frames = generate_audio_from_video(velocity, init_a, given, len(video) - window, steps_per_frame,
+                                     guidance_scale=condition_guidance, key=key, labels=labels,
+                                     devices=jax.local_devices()[:1])
+  return np.asarray(frames)[0] / audio_scale
