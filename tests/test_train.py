@@ -62,9 +62,10 @@ def saved_state(workdir, step=None) -> dict:
 
 
 def assert_states_close(a, b, tolerance):
+  """Relative L2 distance of all params (and of all EMA params) taken together."""
+  flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
   for name in ("params", "ema_params"):
-    errors = jax.tree.leaves(jax.tree.map(rel_l2, a[name], b[name]))
-    assert max(errors) <= tolerance, (name, max(errors))
+    assert rel_l2(flat(a[name]), flat(b[name])) <= tolerance, name
 
 
 def assert_states_equal(a, b):
@@ -97,11 +98,14 @@ def test_ema_decay_warms_up_and_is_capped():
 
 
 def test_loss_falls_clearly_within_a_few_hundred_steps(tmp_path):
-  config = micro_config(num_steps=150, log_every=25, checkpoint_every=150)
-  config.optim.update(lr=3e-3, warmup_steps=20)
+  config = micro_config(num_steps=500, log_every=50, checkpoint_every=500)
+  config.optim.update(lr=1e-3, warmup_steps=0)
   trainer.train_and_evaluate(config, tmp_path)
-  losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert losses[-1] < 0.6 * losses[0], losses
+  losses = [json.loads(line)["loss_video"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  # Fresh weights predict zero velocity (loss about E[x^2] + 1 = 2); predicting the mean frame plateaus near 1
+  # (steps 50-150); only a model that reads its noisy input goes clearly below that plateau.
+  plateau = min(losses[1:3])
+  assert 0.8 < plateau < 1.1 and losses[-1] < 0.8 * plateau, losses
 
 
 def test_eight_devices_and_fsdp_match_one_device(tmp_path):
@@ -250,3 +254,23 @@ print(total / 1e9, per_device / 1e9)
   total_gb, per_device_gb = map(float, result.stdout.split()[-2:])
   assert total_gb > 8  # XL: params, EMA and two Adam moments in float32
   assert per_device_gb < total_gb / 7  # nearly all of it split 8 ways
+
+
+def test_sdvae_codec_trains_on_its_latents(tmp_path):
+  import dataclasses
+  import jax.numpy as jnp
+  from rflav_jax.codecs.sdvae import AutoencoderKL, VaeConfig
+  from rflav_jax.convert import export
+  vae = VaeConfig.from_diffusers({"block_out_channels": [8, 8], "norm_num_groups": 4, "latent_channels": 4})
+  vae_params = jax.jit(AutoencoderKL(vae).init)(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))["params"]
+  folder = export.save_converted(tmp_path / "vae", "sdvae", vae_params, dataclasses.asdict(vae), "test")
+  config = micro_config(num_steps=2, checkpoint_every=2)
+  config.model.update(latent_size=8, in_channels=4)  # 16x16 frames -> 8x8x4 latents
+  config.codec.update(kind="sdvae", checkpoint=str(folder))
+  state = trainer.train_and_evaluate(config, tmp_path / "a")
+  assert int(state.step) == 2
+  record = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert np.isfinite(record["loss"]) and record["grad_norm"] > 0
+  config.model.update(latent_size=16, in_channels=4)
+  with pytest.raises(ValueError, match=r"video frames \(8, 8, 4\)"):
+    trainer.train_and_evaluate(config, tmp_path / "c")

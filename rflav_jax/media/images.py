@@ -42,3 +42,30 @@ def spectrogram_image(mel: np.ndarray, height_per_bin: int = 1) -> np.ndarray:
   weight = (position - low)[..., None]
   rgb = (1 - weight) * _COLOURS[low] + weight * _COLOURS[low + 1]
   return np.repeat(rgb.round().astype(np.uint8), height_per_bin, axis=0)
+
+
+def curve_image(steps: np.ndarray, values: np.ndarray, height: int = 240, width: int = 480,
+                log_scale: bool = True) -> np.ndarray:
+  """A line plot of values over steps (e.g. a loss curve) -> uint8 (height, width, 3), white on black.
+
+  The vertical axis spans the values' range (log10 of them with log_scale); faint grey lines mark each decade
+  (log) or each quarter of the range (linear). Non-finite values are left out.
+  """
+  steps, values = np.asarray(steps, np.float64), np.asarray(values, np.float64)
+  keep = np.isfinite(values) & (values > 0 if log_scale else True)
+  steps, values = steps[keep], values[keep]
+  image = np.zeros((height, width, 3), np.uint8)
+  if len(values) < 2:
+    return image
+  y = np.log10(values) if log_scale else values
+  low, high = y.min(), y.max()
+  span = high - low or 1.0
+  to_row = lambda v: np.round((height - 1) * (1 - (v - low) / span)).astype(int)
+  marks = np.arange(np.ceil(low), np.floor(high) + 1) if log_scale else low + span * np.arange(5) / 4
+  image[np.clip(to_row(marks), 0, height - 1)] = 60
+  columns = np.round((width - 1) * (steps - steps[0]) / max(steps[-1] - steps[0], 1)).astype(int)
+  rows = to_row(y)
+  for c0, c1, r0, r1 in zip(columns[:-1], columns[1:], rows[:-1], rows[1:]):  # straight segments between points
+    count = max(abs(c1 - c0), abs(r1 - r0)) + 1
+    image[np.linspace(r0, r1, count).round().astype(int), np.linspace(c0, c1, count).round().astype(int)] = 255
+  return image

@@ -3,7 +3,8 @@
 Each logged step gets one JSON line in metrics.jsonl with fixed names: step, loss, loss_video, loss_audio,
 grad_norm, lr (means over the steps since the last log), skipped (non-finite updates so far), steps_per_s,
 samples_per_s, tflops_per_s (analytic count, models.flops) and, when a peak is configured, mfu. The same
-scalars go to TensorBoard under DIR/tensorboard.
+scalars go to TensorBoard under DIR/tensorboard, and the loss curve to DIR/loss_curve.png. A resumed run first
+drops the lines logged after its checkpoint, so each step appears once.
 """
 import json
 import logging as py_logging
@@ -13,11 +14,21 @@ import time
 import numpy as np
 from absl import logging
 
+from rflav_jax.media.images import curve_image, write_png
+
 
 def quiet_library_logs() -> None:
   """Keeps Orbax's per-save INFO lines out of the console (its warnings and errors still show)."""
   quiet = lambda record: record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
   logging.get_absl_logger().addFilter(quiet)
+
+
+def _history_until(path: pathlib.Path, step: int) -> list[dict]:
+  """The records of metrics.jsonl up to `step` (a previous part of the run), oldest first."""
+  if not path.exists():
+    return []
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [record for record in records if record["step"] <= step]
 
 
 def _duration(seconds: float) -> str:
@@ -33,16 +44,21 @@ class Progress:
     self._first, self._num_steps, self._batch = first_step, num_steps, batch_size
     self._flops, self._peak = flops_per_step, peak_flops
     self._write = write
-    self._start = self._last_time = None
+    self._start = self._last_time = time.perf_counter()  # until start(): compilation included
     self._last_step = first_step
-    self._metrics = open(workdir / "metrics.jsonl", "a") if write else None
+    self._workdir = workdir
+    self._history = _history_until(workdir / "metrics.jsonl", first_step) if write else []
+    self._metrics = None
+    if write:
+      self._metrics = open(workdir / "metrics.jsonl", "w")
+      self._metrics.writelines(json.dumps(record) + "\n" for record in self._history)
     self._tensorboard = None
     if write:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TensorBoard writer)
       self._tensorboard = tf.summary.create_file_writer(str(workdir / "tensorboard"))
 
   def start(self, step: int) -> None:
-    """Marks the end of compilation, after `step`: rates count from here."""
+    """Marks the end of the first step (and compilation), `step`: rates and ETA count from here."""
     self._start = self._last_time = time.perf_counter()
     self._first = self._last_step = step
 
@@ -58,19 +74,23 @@ class Progress:
       record["mfu"] = steps_per_s * self._flops / self._peak
     overall = (step - self._first) / max(now - self._start, 1e-9)
     eta = _duration((self._num_steps - step) / overall) if overall > 0 else "?"
+    if not self._write:  # other processes stay quiet
+      return record
     mfu = f", MFU {100 * record['mfu']:.1f}%" if self._peak else ""
     logging.info("step %d/%d  loss %.4f (video %.4f, audio %.4f)  grad %.3g  lr %.3g  %.2f steps/s  %.1f samples/s%s"
                  "  ETA %s", step, self._num_steps, record["loss"], record["loss_video"], record["loss_audio"],
                  record["grad_norm"], record["lr"], steps_per_s, record["samples_per_s"], mfu, eta)
-    if self._write:
-      self._metrics.write(json.dumps(record) + "\n")
-      self._metrics.flush()
-      with self._tensorboard.as_default(step=step):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-        for name, value in record.items():
-          if name != "step":
-            tf.summary.scalar(name, value)
-      self._tensorboard.flush()
+    self._metrics.write(json.dumps(record) + "\n")
+    self._metrics.flush()
+    self._history.append(record)
+    write_png(self._workdir / "loss_curve.png",
+              curve_image([r["step"] for r in self._history], [r["loss"] for r in self._history]))
+    with self._tensorboard.as_default(step=step):
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      for name, value in record.items():
+        if name != "step":
+          tf.summary.scalar(name, value)
+    self._tensorboard.flush()
     return record
 
   def close(self) -> None:

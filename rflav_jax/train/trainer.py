@@ -173,20 +173,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       if step == first_step + 1:
         jax.block_until_ready(state)
         logging.info("compiled and ran the first step in %.1f s", time.perf_counter() - started)
-        progress.start(step)
       stopping = stop.received or checkpoints.reached_preemption(step)
       saving = stopping or step == train.num_steps or step % train.checkpoint_every == 0
       if pending_metrics and (step % train.log_every == 0 or saving):
         host_metrics = jax.device_get(pending_metrics)
         bad = _first_nonfinite(pending_steps, host_metrics)
         if bad is not None and not train.skip_nonfinite:
+          last = checkpoints.latest_step()
+          where = f"step {last} in {checkpoints.directory}" if last is not None else "none yet (the run starts anew)"
           raise NonFiniteError(
               f"the loss or gradient was not finite at step {bad}; that update was not applied. The last good "
-              f"checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory}. Lower config.optim.lr, "
-              "raise warmup_steps, or set config.train.skip_nonfinite=True to skip such updates")
+              f"checkpoint: {where}. Lower config.optim.lr, raise warmup_steps, or set "
+              "config.train.skip_nonfinite=True to skip such updates")
         skipped += sum(not m["finite"] for m in host_metrics)
         progress.log(step, host_metrics, skipped)
         pending_steps, pending_metrics = [], []
+      if step == first_step + 1:
+        progress.start(step)  # rates and ETA from here on leave out the compilation
       if saving:
         checkpoints.save(step, state, flav_args(model), config_json, force=stopping or step == train.num_steps)
       if train.sample_every and step % train.sample_every == 0 and step < train.num_steps:
