@@ -7,9 +7,9 @@ import ml_collections
 
 def get_config():
   config = ml_collections.ConfigDict()
-  # The transformer: 32x32 RGB pixels in 4x4 patches, a 10-frame window, 256 mel bins (the real front end).
+  # The transformer: 32x32 RGB pixels in 8x8 patches, a 10-frame window, 256 mel bins (the real front end).
   config.model = ml_collections.ConfigDict(dict(
-      latent_size=32, patch_size=4, in_channels=3, hidden_size=128, depth=4, num_heads=4, mlp_ratio=4.0,
+      latent_size=32, patch_size=8, in_channels=3, hidden_size=128, depth=4, num_heads=4, mlp_ratio=4.0,
       num_classes=3, class_dropout_prob=0.1, predict_frames=10, n_mels=256, causal_attn=True, block_type="c",
       dtype="float32"))
   config.checkpoint = ""  # a folder from launch.convert (or training); empty: freshly initialised weights

@@ -24,7 +24,7 @@ def get_config(variant: str = ""):
 
   # AdamW as released (RFLAV.md section 4), with a short warm-up and a cosine decay for a short run.
   config.optim = ml_collections.ConfigDict(dict(
-      lr=1e-3, schedule="cosine", warmup_steps=100, decay_steps=0, min_lr_ratio=0.05, b1=0.9, b2=0.999, eps=1e-8,
+      lr=4e-4, schedule="cosine", warmup_steps=200, decay_steps=0, min_lr_ratio=0.05, b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.02, grad_clip=1.0))
   # Rolling flow loss: share of rolling (vs pre-rolling) windows and the per-frame weighting.
   config.loss = ml_collections.ConfigDict(dict(p_rollout=0.8, weighting="logit_normal"))
@@ -34,7 +34,7 @@ def get_config(variant: str = ""):
   config.train = ml_collections.ConfigDict(dict(
       batch_size=16,  # global, over all devices of all hosts
       accumulate_steps=1,  # micro-batches per step (gradient accumulation)
-      num_steps=1200,
+      num_steps=3000,
       log_every=25,
       checkpoint_every=250,
       keep_checkpoints=3,  # the newest K ...
@@ -50,6 +50,7 @@ def get_config(variant: str = ""):
     config.model.update(latent_size=16, patch_size=4, hidden_size=32, depth=1, num_heads=2, predict_frames=4)
     config.data.update(num_clips=32, clip_frames=6, resolution=16)
     config.train.update(batch_size=8, num_steps=10, log_every=1, checkpoint_every=5)
+    config.optim.update(lr=1e-3, warmup_steps=0)
     config.sample.update(num_frames=6, chunk_frames=3)
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of train_synthetic_tiny: expected '' or 'micro'")
