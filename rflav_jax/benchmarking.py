@@ -6,20 +6,21 @@ Each measurement compiles first, runs `warmup` untimed iterations, then times `i
 measurement the time spent tracing, lowering and compiling its programs, and its peak memory.
 """
 import contextlib
-import functools
 import statistics
 import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
+import ml_collections
 
 from rflav_jax.flow.guidance import model_velocity
-from rflav_jax.flow.loss import sample_rolling_flow_loss
 from rflav_jax.flow.sampling import RollingSampler, Window
 from rflav_jax.models.flav import FLAV
 from rflav_jax.models.flops import forward_flops, train_step_flops
+from rflav_jax.train import optimizer as train_optimizer
+from rflav_jax.train.state import create_train_state, ema_decay_fn
+from rflav_jax.train.step import make_train_step
 
 # The headline figure of each measurement and its name in a reference (config.reference.<dtype>).
 HEADLINE = {"forward": "samples_per_s", "rolling": "frames_per_s", "clip": "frames_per_s", "train": "samples_per_s",
@@ -106,26 +107,22 @@ def clip(model: FLAV, params, streams: int, steps_per_frame: int, frames: int, r
 
 
 def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, repeats: int = 3) -> dict:
-  """One AdamW step of the rolling flow loss (the released recipe's optimiser): samples/s and achieved TFLOP/s."""
-  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-4, weight_decay=0.02))
+  """The trainer's update (rflav_jax.train.step) with the released recipe (RFLAV.md section 4): samples/s, TFLOP/s."""
+  recipe = ml_collections.ConfigDict(dict(
+      optim=dict(lr=1e-4, schedule="constant", warmup_steps=0, decay_steps=0, min_lr_ratio=0.0, b1=0.9, b2=0.999,
+                 eps=1e-8, weight_decay=0.02, grad_clip=1.0),
+      loss=dict(p_rollout=0.8, weighting="logit_normal"), ema=dict(decay=0.9999, warmup=True, power=0.75)))
+  optimizer = train_optimizer.make_optimizer(recipe.optim, num_steps=1)
+  step = jax.jit(make_train_step(model, optimizer, train_optimizer.learning_rate_schedule(recipe.optim, 1),
+                                 recipe.loss, ema_decay_fn(recipe.ema)), donate_argnums=0)
   v, a, _, y = _inputs(model, batch, jax.random.key(4))
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def step(params, opt_state, key):
-    def loss_fn(p):
-      apply = lambda v_, a_, t_: model.apply({"params": p}, v_, a_, t_, y, train=True, rngs={"dropout": key})
-      return sample_rolling_flow_loss(apply, v, a, key)[0]
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  params = jax.jit(functools.partial(jax.tree.map, jnp.copy))(params)  # the step donates its inputs
-  state = [params, jax.jit(optimizer.init)(params)]
-  compiled = step.lower(*state, jax.random.key(5)).compile()
+  data = {"video": v, "mel": a, "label": jnp.zeros((batch,), jnp.int32) if y is None else y}
+  state = [jax.jit(create_train_state, static_argnums=1)(params, optimizer, jax.random.PRNGKey(5))]
+  compiled = step.lower(state[0], data).compile()
 
   def run():
-    state[0], state[1], loss = compiled(state[0], state[1], jax.random.key(5))
-    return loss
+    state[0], metrics = compiled(state[0], data)
+    return metrics["loss"]
 
   seconds = _median_seconds(run, iters, warmup, repeats)
   return {"batch": batch, "remat": model.remat, "samples_per_s": batch / seconds,
