@@ -180,7 +180,7 @@ def test_contradicting_config_is_refused_and_export_samples(tmp_path):
 
 
 def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
-  config = micro_config(num_steps=4, checkpoint_every=2)
+  config = micro_config(num_steps=4, checkpoint_every=2, skip_nonfinite=False)
   config.optim.update(lr=1e30, warmup_steps=0, grad_clip=0.0)
   with pytest.raises(trainer.NonFiniteError, match=r"not finite at step \d; .*last good checkpoint"):
     trainer.train_and_evaluate(config, tmp_path / "stop")
