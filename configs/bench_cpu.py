@@ -1,7 +1,7 @@
 """Benchmark settings small enough for a CPU: a FLAV-S width at depth 2 on 16x16x4 latents, fp32.
 
   python -m launch.benchmark --config=configs/bench_cpu.py
-  python -m launch.benchmark --config=configs/bench_cpu.py:short    # a tiny model, one iteration: the CI run
+  python -m launch.benchmark --config=configs/bench_cpu.py:short    # a tiny class-conditional model, one iteration: CI
 
 configs/bench_cpu_official.py has the shape on which the official code's CPU speed was measured.
 """
@@ -21,7 +21,8 @@ def get_config(variant: str = ""):
   config.peak_tflops = ml_collections.ConfigDict({"float32": 0.187})
   config.reference = ml_collections.ConfigDict()
   if variant == "short":
-    config.model.update(latent_size=8, hidden_size=64, depth=1, num_heads=2, predict_frames=4, n_mels=32)
+    config.model.update(latent_size=8, hidden_size=64, depth=1, num_heads=2, num_classes=2, predict_frames=4,
+                        n_mels=32)
     config.update(forward_batch=1, train_batch=1, streams=1, steps_per_frame=1, rolling_frames=2, clip_frames=2,
                   matmul_size=256, iters=1, warmup=1, repeats=1)
   elif variant:

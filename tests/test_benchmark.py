@@ -36,17 +36,6 @@ def test_analytic_flops_agree_with_xla_cost_analysis(block_type, num_classes):
   assert 0.97 * xla_flops < flops.forward_flops(model) <= xla_flops
 
 
-def test_measurements_run_on_a_tiny_model():
-  model = FLAV(latent_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=2,
-               predict_frames=4, n_mels=16)
-  params = benchmarking.init_params(model)
-  forward = benchmarking.forward(model, params, batch=2, iters=1, warmup=1, repeats=1)
-  assert forward["samples_per_s"] > 0 and forward["tflop_per_sample"] > 0
-  assert benchmarking.rolling(model, params, streams=1, steps_per_frame=1, frames=2, repeats=1)["frames_per_s"] > 0
-  assert benchmarking.clip(model, params, streams=1, steps_per_frame=1, frames=2, repeats=1)["frames_per_s"] > 0
-  assert benchmarking.train_step(model, params, batch=2, iters=1, warmup=1, repeats=1)["samples_per_s"] > 0
-
-
 def test_automatic_attention_is_cudnn_only_where_it_applies(monkeypatch):
   choose = layers.attention_implementation
   assert choose("auto", jnp.bfloat16, 64, 10, False) == "xla"  # this machine has no NVIDIA GPU
