@@ -30,6 +30,9 @@ _COMPARE = flags.DEFINE_bool("compare", False, "Print our figures beside the con
 def main(argv):
   del argv
   config = _CONFIG.value
+  unknown = set(_ONLY.value) - set(benchmarking.HEADLINE)
+  if unknown:
+    raise ValueError(f"--only: unknown measurements {sorted(unknown)}; expected some of {list(benchmarking.HEADLINE)}")
   compilation_cache.enable(config.compilation_cache_dir)
   dtype = config.model.dtype
   model = flav_from_config(config.model)
@@ -45,9 +48,6 @@ def main(argv):
       "train": lambda: benchmarking.train_step(model, params, config.train_batch, config.iters, config.warmup,
                                                config.repeats),
   }
-  unknown = set(_ONLY.value) - set(measurements)
-  if unknown:
-    raise ValueError(f"--only: unknown measurements {sorted(unknown)}; expected some of {list(measurements)}")
   device = jax.devices()[0]
   peak_tflops = config.peak_tflops.get(dtype)
   results = []
