@@ -14,6 +14,7 @@ def get_config():
       dtype="float32"))
   config.checkpoint = ""  # a folder from launch.convert (or training); empty: freshly initialised weights
   config.seed = 0
+  config.compilation_cache_dir = "~/.cache/rflav_jax/xla"  # JAX's persistent cache: a second run compiles nothing
   config.audio_scale = 1.0  # mel multiplier the model was trained with (codecs.audio.AIST_AUDIO_SCALE, ...)
   config.codec = ml_collections.ConfigDict(dict(kind="pixel", checkpoint=""))  # or kind="sdvae" + converted folder
   config.vocoder = ml_collections.ConfigDict(dict(kind="griffin_lim", checkpoint="", griffin_lim_iters=32))

@@ -12,6 +12,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from rflav_jax import cli
+from rflav_jax import compilation_cache
 from rflav_jax import sample
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sampling config file.")
@@ -21,6 +22,7 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "outputs/sample", "Folder for th
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  compilation_cache.enable(_CONFIG.value.get("compilation_cache_dir"))
   for path in sample.sample(_CONFIG.value, _OUTPUT_DIR.value):
     print(f"wrote {path}")
 

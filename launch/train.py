@@ -13,6 +13,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from rflav_jax import cli
+from rflav_jax import compilation_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/train_synthetic_tiny.py", "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, samples and export/.",
@@ -28,6 +29,7 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   from rflav_jax.train import parallel, trainer  # pylint: disable=g-import-not-at-top  (after flag parsing)
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
+  compilation_cache.enable(_CONFIG.value.get("compilation_cache_dir"))
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
