@@ -78,9 +78,17 @@ class _StopSignal:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _first_nonfinite(steps: list[int], metrics: list[dict]) -> int | None:
+def _stop_if_nonfinite(steps: list[int], metrics: list[dict], checkpoints: checkpointing.Checkpoints) -> None:
+  """NonFiniteError naming the first step whose loss or gradient was NaN / Inf, and the last good checkpoint."""
   bad = [step for step, m in zip(steps, metrics) if not m["finite"]]
-  return bad[0] if bad else None
+  if not bad:
+    return
+  last = checkpoints.latest_step()
+  where = f"step {last} in {checkpoints.directory}" if last is not None else "none yet (the run starts anew)"
+  raise NonFiniteError(
+      f"the loss or gradient was not finite at step {bad[0]}; that update was not applied. The last good checkpoint: "
+      f"{where}. Lower config.optim.lr, raise warmup_steps, or set config.train.skip_nonfinite=True to skip such "
+      "updates (a run whose weights have diverged keeps failing: go back to an earlier checkpoint)")
 
 
 def _write_samples(config, model: FLAV, ema_params, step: int, workdir: pathlib.Path) -> None:
@@ -114,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       flav_from_config(config.model), None)
   optimizer = optim.make_optimizer(config.optim, train.num_steps)
   schedule = optim.learning_rate_schedule(config.optim, train.num_steps)
-  logging.info("FLAV %s, %d devices (mesh %s), global batch %d", {k: v for k, v in flav_args(model).items()},
+  logging.info("FLAV %s, %d devices (mesh %s), global batch %d", flav_args(model),
                jax.device_count(), dict(mesh.shape), train.batch_size)
 
   # Checkpoints: resume from the newest complete one, after checking it holds this model.
@@ -177,14 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       saving = stopping or step == train.num_steps or step % train.checkpoint_every == 0
       if pending_metrics and (step % train.log_every == 0 or saving):
         host_metrics = jax.device_get(pending_metrics)
-        bad = _first_nonfinite(pending_steps, host_metrics)
-        if bad is not None and not train.skip_nonfinite:
-          last = checkpoints.latest_step()
-          where = f"step {last} in {checkpoints.directory}" if last is not None else "none yet (the run starts anew)"
-          raise NonFiniteError(
-              f"the loss or gradient was not finite at step {bad}; that update was not applied. The last good "
-              f"checkpoint: {where}. Lower config.optim.lr, raise warmup_steps, or set "
-              "config.train.skip_nonfinite=True to skip such updates")
+        if not train.skip_nonfinite:
+          _stop_if_nonfinite(pending_steps, host_metrics, checkpoints)
         skipped += sum(not m["finite"] for m in host_metrics)
         progress.log(step, host_metrics, skipped)
         pending_steps, pending_metrics = [], []
