@@ -31,6 +31,7 @@ from test_media import write_video_only
 
 def tiny_config(**model):
   config = synthetic_tiny.get_config()
+  config.checkpoint = ""  # a fresh model of the sizes below
   config.model.update({**dict(latent_size=16, patch_size=4, hidden_size=32, depth=1, num_heads=2, predict_frames=4),
                        **model})
   config.sample.update(num_frames=7, chunk_frames=3)
@@ -164,10 +165,10 @@ def test_bad_inputs_are_refused_before_any_compute(tmp_path, monkeypatch):
   monkeypatch.undo()
   config = tiny_config()
   config.checkpoint = str(tmp_path / "missing")
-  with pytest.raises(ValueError, match="flav folder .*missing' does not exist"):
+  with pytest.raises(FileNotFoundError, match="missing does not exist; pass a folder written by launch.convert"):
     sample.sample(config, tmp_path / "out")
   config.checkpoint = str(tmp_path)
-  with pytest.raises(ValueError, match="holds no config.py"):
+  with pytest.raises(FileNotFoundError, match="holds no config.py"):
     sample.sample(config, tmp_path / "out")
   assert not (tmp_path / "out").exists()
 
