@@ -14,6 +14,7 @@ def get_config():
   config.model = ml_collections.ConfigDict(dict(
       preset="FLAV-B/1", latent_size=32, in_channels=4, num_classes=10, class_dropout_prob=0.1, predict_frames=10,
       n_mels=256, causal_attn=True, block_type="c", dtype="bfloat16"))
+  config.checkpoint = ""  # the converted release folder: --config.checkpoint=converted/flav_aist
   config.audio_scale = 3.5009668382765917
   config.codec = ml_collections.ConfigDict(dict(kind="sdvae", checkpoint=""))
   config.vocoder = ml_collections.ConfigDict(dict(kind="hifigan", checkpoint="", griffin_lim_iters=32))

@@ -30,5 +30,6 @@ def get_config(dataset: str = "aist"):
   config.ema.update(decay=0.9999, warmup=True, power=0.75)
   config.train.update(batch_size=16, num_steps=400_000, log_every=100, checkpoint_every=5_000, keep_checkpoints=3,
                       keep_every=50_000, sample_every=10_000, sample_frames=40,
-                      peak_tflops_per_device=989.0)  # H100 SXM dense bf16 (spec); set your accelerator's
+                      peak_tflops_per_device=989.0,  # H100 SXM dense bf16 (spec); set your accelerator's
+                      export_dtype="float32")
   return config

@@ -34,7 +34,7 @@ def get_config(variant: str = ""):
   config.ema = ml_collections.ConfigDict(dict(decay=0.999, warmup=True, power=0.75))
 
   config.train = ml_collections.ConfigDict(dict(
-      batch_size=16,  # global, over all devices of all hosts
+      batch_size=8,  # global, over all devices of all hosts
       accumulate_steps=1,  # micro-batches per step (gradient accumulation)
       num_steps=3000,
       log_every=25,
@@ -47,6 +47,7 @@ def get_config(variant: str = ""):
       skip_nonfinite=False,  # False: a NaN/Inf loss or gradient stops the run; True: the update is skipped
       fsdp=1,  # devices that split params and optimizer state (fully sharded data parallel)
       peak_tflops_per_device=0.0,  # for MFU; 0 leaves it out (CPUs have no meaningful peak)
+      export_dtype="float16",  # storage of export/ (loads as float32); keeps the shipped folder under 20 MB
   ))
   if variant == "micro":
     config.model.update(latent_size=16, patch_size=4, hidden_size=32, depth=1, num_heads=2, predict_frames=4)

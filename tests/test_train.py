@@ -82,8 +82,9 @@ def test_one_step_updates_params_and_writes_metrics(tmp_path):
   assert record["step"] == 1 and np.isfinite(record["loss"]) and record["grad_norm"] > 0
   initial = saved_state(tmp_path)
   model, exported = release.load_flav(tmp_path / "export")
-  assert model.hidden_size == 32
-  assert_states_equal(jax.tree.map(np.asarray, exported), initial["ema_params"])
+  assert model.hidden_size == 32 and config.train.export_dtype == "float16"  # stored in half, loaded as float32
+  as_stored = jax.tree.map(lambda x: x.astype(np.float16).astype(np.float32), initial["ema_params"])
+  assert_states_equal(jax.tree.map(np.asarray, exported), as_stored)
   assert list((tmp_path / "tensorboard").iterdir())
 
 

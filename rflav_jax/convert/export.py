@@ -34,12 +34,20 @@ def get_config():
 '''
 
 
-def save_converted(out_dir: str | pathlib.Path, kind: str, params: Any, model_args: dict, source: str) -> pathlib.Path:
-  """Saves `params` under out_dir/params and writes out_dir/config.py; returns out_dir."""
+def save_converted(out_dir: str | pathlib.Path, kind: str, params: Any, model_args: dict, source: str,
+                   storage_dtype: str = "float32") -> pathlib.Path:
+  """Saves `params` under out_dir/params and writes out_dir/config.py; returns out_dir.
+
+  storage_dtype: "float32", or "float16" / "bfloat16" to halve the folder; loading casts back to the model's
+  float32 parameters.
+  """
   out_dir = pathlib.Path(out_dir).resolve()
   out_dir.mkdir(parents=True, exist_ok=True)
+  dtype = np.dtype(jax.numpy.dtype(storage_dtype))
+  stored = jax.tree.map(lambda x: np.asarray(x).astype(dtype) if np.issubdtype(np.asarray(x).dtype, np.floating)
+                        else np.asarray(x), params)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(out_dir / PARAMS, jax.tree.map(np.asarray, params), force=True)
+  checkpointer.save(out_dir / PARAMS, stored, force=True)
   checkpointer.wait_until_finished()
   json.dumps(model_args)  # the config must hold plain values only
   text = _CONFIG_TEMPLATE.format(kind=kind, source=source, model=pprint.pformat(model_args, indent=4, sort_dicts=True),

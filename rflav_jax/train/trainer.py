@@ -101,9 +101,9 @@ def _write_samples(config, model: FLAV, ema_params, step: int, workdir: pathlib.
   logging.info("wrote %s (%.1f s)", paths[0], time.perf_counter() - start)
 
 
-def _export(model: FLAV, ema_params, step: int, workdir: pathlib.Path) -> pathlib.Path:
+def _export(model: FLAV, ema_params, step: int, workdir: pathlib.Path, storage_dtype: str) -> pathlib.Path:
   return export.save_converted(workdir / "export", "flav", ema_params, flav_args(model),
-                               f"training in {workdir.name}, step {step} (EMA weights)")
+                               f"training in {workdir.name}, step {step} (EMA weights)", storage_dtype)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainState:
@@ -208,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     progress.close()
 
   ema = parallel.to_host(state.ema_params, mesh)
-  folder = _export(model, ema, step, workdir)
+  folder = _export(model, ema, step, workdir, train.export_dtype)
   if is_main:
     logging.info("exported the EMA weights of step %d to %s", step, folder)
     if train.sample_every and step == train.num_steps:
