@@ -207,7 +207,7 @@ def test_aligner_hands_out_whole_frames_with_their_audio():
 def test_readme_demo_command_runs_with_one_stream_on_two_devices(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   result = subprocess.run([sys.executable, "-m", "launch.sample", "--config=configs/synthetic_tiny.py",
-                           f"--output_dir={tmp_path}", "--config.sample.num_frames=3", "--config.model.depth=1"],
+                           f"--output_dir={tmp_path}", "--config.sample.num_frames=3"],
                           capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1], env=env)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "on 1 of 2 cpu devices" in result.stderr
