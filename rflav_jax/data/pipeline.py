@@ -61,8 +61,9 @@ class Source:
     examples = [self._examples[int(i)] for i in indices]
     return {name: np.stack([np.asarray(example[name]) for example in examples]) for name in FEATURES}
 
-  @property
+  @functools.cached_property
   def num_frames(self) -> int:
+    """Frames per example (read once, from the first example)."""
     return self[[0]]["video"].shape[1]
 
 
