@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from configs import train_synthetic_tiny
 from conftest import rel_l2
@@ -85,7 +86,11 @@ def test_one_step_updates_params_and_writes_metrics(tmp_path):
   assert model.hidden_size == 32 and config.train.export_dtype == "float16"  # stored in half, loaded as float32
   as_stored = jax.tree.map(lambda x: x.astype(np.float16).astype(np.float32), initial["ema_params"])
   assert_states_equal(jax.tree.map(np.asarray, exported), as_stored)
-  assert list((tmp_path / "tensorboard").iterdir())
+  events = EventAccumulator(str(tmp_path / "tensorboard"))  # read back with TensorBoard's own reader
+  events.Reload()
+  assert {"loss", "grad_norm", "lr", "samples_per_s"} <= set(events.Tags()["scalars"])
+  (logged,) = events.Scalars("loss")
+  assert logged.step == 1 and logged.value == np.float32(record["loss"])
 
 
 def test_ema_decay_warms_up_and_is_capped():

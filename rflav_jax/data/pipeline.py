@@ -24,11 +24,13 @@ Batches are read ahead on a background thread.
 import concurrent.futures
 import functools
 import itertools
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
+
+if TYPE_CHECKING:  # TensorFlow is imported only by the TFDS paths, not for in-memory data
+  import tensorflow_datasets as tfds
 
 FEATURES = ("video", "mel", "label")
 _READ_AHEAD = 2  # batches read ahead of the one being used
@@ -37,8 +39,8 @@ _READ_AHEAD = 2  # batches read ahead of the one being used
 class Source:
   """Random access to examples: len(source) and source[indices] -> {"video", "mel", "label"} stacked arrays."""
 
-  def __init__(self, source: tfds.core.DatasetBuilder | Mapping[str, np.ndarray], split: str = "train"):
-    if isinstance(source, tfds.core.DatasetBuilder):
+  def __init__(self, source: "tfds.core.DatasetBuilder | Mapping[str, np.ndarray]", split: str = "train"):
+    if not isinstance(source, Mapping):  # a TFDS builder
       self._examples = _tfds_source(source, split)
       self._arrays = None
     else:
@@ -67,7 +69,7 @@ class Source:
     return self[[0]]["video"].shape[1]
 
 
-def _tfds_source(builder: tfds.core.DatasetBuilder, split: str):
+def _tfds_source(builder: "tfds.core.DatasetBuilder", split: str):
   if split not in builder.info.splits:
     raise ValueError(f"split {split!r} is not in dataset {builder.info.full_name}; it has {sorted(builder.info.splits)}")
   try:
@@ -94,7 +96,7 @@ def host_batch_positions(step: int, global_batch_size: int, process_index: int, 
   return np.arange(first, first + host_batch)
 
 
-def make_pipeline(source: tfds.core.DatasetBuilder | Mapping[str, np.ndarray] | Source, *, global_batch_size: int,
+def make_pipeline(source: "tfds.core.DatasetBuilder | Mapping[str, np.ndarray] | Source", *, global_batch_size: int,
                   seed: int, split: str = "train", audio_scale: float = 1.0, repeat: bool = True,
                   start_step: int = 0, window_frames: int | None = None, process_index: int | None = None,
                   process_count: int | None = None, local_device_count: int | None = None,

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 from absl import logging
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from rflav_jax.media.images import curve_image, write_png
 
@@ -36,6 +38,21 @@ def _duration(seconds: float) -> str:
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+class ScalarWriter:
+  """TensorBoard scalars through the tensorboard package alone (no TensorFlow: GPU hosts need not install it)."""
+
+  def __init__(self, folder: pathlib.Path):
+    self._writer = EventFileWriter(str(folder))
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    values = [summary_pb2.Summary.Value(tag=name, simple_value=float(value)) for name, value in scalars.items()]
+    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
 class Progress:
   """Rates, ETA and the metric files of a run from `first_step` to `num_steps`."""
 
@@ -52,10 +69,7 @@ class Progress:
     if write:
       self._metrics = open(workdir / "metrics.jsonl", "w")
       self._metrics.writelines(json.dumps(record) + "\n" for record in self._history)
-    self._tensorboard = None
-    if write:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TensorBoard writer)
-      self._tensorboard = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+    self._tensorboard = ScalarWriter(workdir / "tensorboard") if write else None
 
   def start(self, step: int) -> None:
     """Marks the end of the first step (and compilation), `step`: rates and ETA count from here."""
@@ -85,12 +99,7 @@ class Progress:
     self._history.append(record)
     write_png(self._workdir / "loss_curve.png",
               curve_image([r["step"] for r in self._history], [r["loss"] for r in self._history]))
-    with self._tensorboard.as_default(step=step):
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      for name, value in record.items():
-        if name != "step":
-          tf.summary.scalar(name, value)
-    self._tensorboard.flush()
+    self._tensorboard.write(step, {name: value for name, value in record.items() if name != "step"})
     return record
 
   def close(self) -> None:
