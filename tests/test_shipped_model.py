@@ -2,8 +2,8 @@
 
 Each figure is read back from generated pictures and sound alone (rflav_jax.eval.synthetic_av); the
 thresholds sit far from an untrained model's values (which the tests measure too). What the model does not
-do yet (a whole ball in every frame, pitch following height, clicks at bounces) is measured by
-`launch.evaluate` and reported in the README, not asserted here.
+do yet (a whole, unbroken ball in every frame, hence clean parabolas and a click at every bounce seen in the
+picture) is measured by `launch.evaluate` and reported in the README, not asserted here.
 """
 import pathlib
 import subprocess
@@ -16,7 +16,7 @@ from configs import synthetic_tiny
 from rflav_jax.codecs.audio import frames_from_mel, mel_from_waveform
 from rflav_jax.convert.from_config import build_flav
 from rflav_jax.data import synthetic
-from rflav_jax.eval import generate, synthetic_av
+from rflav_jax.eval import evaluate, generate, synthetic_av
 from rflav_jax.media.reader import read_clip
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -49,18 +49,35 @@ def test_shipped_folder_is_small_and_loads_by_default(shipped):
   assert (model.num_classes, model.latent_size) == (len(synthetic.CLASS_NAMES), 32)
 
 
-def test_joint_streams_are_black_frames_with_a_moving_ball_of_the_class_colour(shipped, untrained):
+def test_joint_streams_show_a_moving_ball_whose_height_sets_the_pitch(shipped, untrained):
   trained = joint_figures(shipped, label=0)
   baseline = joint_figures(untrained, label=0)
   assert trained["background"] < 0.05 < 0.5 < baseline["background"]  # untrained: the sampler's noise
   assert trained["colour_label"] > 0.9 and trained["motion"] > 0.05 > baseline["motion"]
   assert trained["ball_frames"] > baseline["ball_frames"]
+  assert trained["height_pitch_r"] > 0.9 and not baseline["height_pitch_r"] > 0.3  # (NaN: no ball or no tone)
+  assert trained["click_precision"] > 0.7  # clicks fall on bounces seen in the picture
 
 
 @pytest.mark.parametrize("label", range(len(synthetic.CLASS_NAMES)))
-def test_the_label_sets_the_colour(shipped, label):
+def test_the_label_sets_the_colour_and_the_timbre(shipped, label):
   figures = joint_figures(shipped, label=label, seed=label)
   assert figures["video_label"] == label and figures["colour_label"] > 0.9
+  assert figures["audio_label"] == label
+
+
+@pytest.mark.parametrize("mode, figure, trained_above, untrained_below", [
+    ("audio_to_video", "height_pitch_r", 0.9, 0.3),  # the generated ball's height follows the given pitch
+    ("audio_to_video", "click_recall", 0.6, 0.3),  # and it bounces where the given soundtrack clicks
+    ("video_to_audio", "height_pitch_r", 0.6, 0.3),  # the generated pitch follows the given ball
+    ("video_to_audio", "click_precision", 0.7, 0.5),  # and its clicks fall on the given bounces
+])
+def test_one_modality_follows_the_other(mode, figure, trained_above, untrained_below):
+  config = synthetic_tiny.get_config()
+  (trained,) = evaluate.evaluate(config, mode, seconds=FRAMES / 10, segment_seconds=FRAMES / 10)
+  config.checkpoint = ""
+  (baseline,) = evaluate.evaluate(config, mode, seconds=FRAMES / 10, segment_seconds=FRAMES / 10)
+  assert trained[figure] > trained_above and not baseline[figure] > untrained_below
 
 
 def test_classifier_free_guidance_keeps_the_class(shipped):

@@ -1,4 +1,4 @@
-"""Written by launch/convert.py: the flav converted from training in shipped, step 3000 (EMA weights)."""
+"""Written by launch/convert.py: the flav converted from training in workdir/gpu (configs/train_synthetic_tiny.py:gpu), step 16000 (EMA weights)."""
 import ml_collections
 
 
