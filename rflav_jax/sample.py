@@ -6,8 +6,12 @@ which the trainer also calls with in-memory weights. Each writes `stream_<i>.mp4
 sheet) and `stream_0_mel.png` (a spectrogram) of its first 2 W frames (W: the model's window). Joint
 generation decodes, vocodes and appends each chunk at once, so memory stays flat for any length.
 
-Every input is checked before the first network call; progress is logged from the first call on.
+Every input is checked before the first network call; progress is logged from the first call on, and joint
+generation ends with the wall seconds of each stage (network, video decoding, vocoder, mp4 writing), which says
+what limits its speed on the machine at hand.
 """
+import collections
+import contextlib
 import math
 import os
 import pathlib
@@ -155,6 +159,25 @@ def _sample(model: FLAV, params, config, output_dir, given: np.ndarray | None) -
   return paths
 
 
+class StageClock:
+  """Wall seconds spent per named stage; `with clock("network"): ...` adds to that stage."""
+
+  def __init__(self):
+    self.seconds = collections.Counter()
+
+  @contextlib.contextmanager
+  def __call__(self, stage: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[stage] += time.perf_counter() - start
+
+  def report(self, total_s: float) -> str:
+    parts = ", ".join(f"{stage} {s:.1f} s ({100 * s / total_s:.0f}%)" for stage, s in self.seconds.items())
+    return f"{parts}; {total_s:.1f} s in all"
+
+
 def _sample_joint(model: FLAV, velocity, labels, codec, vocoder, config, paths, devices):
   """Joint generation streamed to the mp4 files chunk by chunk; returns stream 0's first 2 W frames and mels."""
   opts = config.sample
@@ -167,13 +190,16 @@ def _sample_joint(model: FLAV, velocity, labels, codec, vocoder, config, paths, 
   aligner = FrameAligner(batch, SAMPLES_PER_FRAME)
   preview_video, preview_mel = [], []
   start, done = time.perf_counter(), 0
+  clock = StageClock()
 
   def mel_chunks():
     nonlocal done
     while done < total:
-      frames_v, frames_a = next(chunks)
+      with clock("network (compilation included)"):
+        frames_v, frames_a = jax.block_until_ready(next(chunks))
       take = min(opts.chunk_frames, total - done)
-      video = to_uint8(codec.decode(frames_v[:, :take]))
+      with clock("video decoding"):
+        video = to_uint8(codec.decode(frames_v[:, :take]))
       aligner.push_video(video)
       if len(preview_video) < 2 * window:
         preview_video.extend(video[0, :2 * window - len(preview_video)])
@@ -186,15 +212,20 @@ def _sample_joint(model: FLAV, velocity, labels, codec, vocoder, config, paths, 
 
   writers = [Mp4Writer(p, fps=FPS, sample_rate=SAMPLE_RATE) for p in paths]
   try:
-    for wav in vocoder.stream(mel_chunks()):
+    for wav in vocoder.stream(mel_chunks()):  # vocoder time: what the loop spends outside the other stages
       aligner.push_audio(wav)
       video, wav = aligner.pop()
-      if video.shape[1]:
-        for b, writer in enumerate(writers):
-          writer.write(video[b], wav[b])
+      with clock("mp4 writing"):
+        if video.shape[1]:
+          for b, writer in enumerate(writers):
+            writer.write(video[b], wav[b])
   finally:
-    for writer in writers:
-      writer.close()
+    with clock("mp4 writing"):
+      for writer in writers:
+        writer.close()
+  total_s = time.perf_counter() - start
+  clock.seconds["vocoder"] = total_s - sum(clock.seconds.values())
+  logging.info("stages: %s", clock.report(total_s))
   return np.stack(preview_video), np.stack(preview_mel)
 
 

@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -73,6 +74,12 @@ def test_griffin_lim_stream_writes_every_frame_with_progress_and_bounded_preview
   assert any(m.startswith("network call 1/32 done after") for m in messages)
   assert any(m.startswith("network call 8/32, pre-roll done in") for m in messages)
   assert any(m.startswith("network call 32/32,") and "ETA" in m for m in messages)
+  # The stage times that say what limits the speed: each stage's share, and the stages add up to the whole.
+  stages = next(m for m in messages if m.startswith("stages: "))
+  seconds = dict((name, float(s)) for name, s in re.findall(r"(\w[\w ()]*?) ([\d.]+) s \(", stages))
+  assert set(seconds) == {"network (compilation included)", "video decoding", "mp4 writing", "vocoder"}
+  total = float(re.search(r"([\d.]+) s in all", stages).group(1))
+  assert min(seconds.values()) >= 0 and abs(sum(seconds.values()) - total) < 0.2
 
 
 def test_hifigan_stream_keeps_audio_and_video_aligned(tmp_path):
