@@ -36,7 +36,7 @@ def test_analytic_flops_agree_with_xla_cost_analysis(block_type, num_classes):
   assert 0.97 * xla_flops < flops.forward_flops(model) <= xla_flops
 
 
-def test_automatic_attention_is_cudnn_only_where_it_applies(monkeypatch):
+def test_automatic_attention_is_cudnn_or_looped_only_where_it_applies(monkeypatch):
   choose = layers.attention_implementation
   assert choose("auto", jnp.bfloat16, 64, 10, False) == "xla"  # this machine has no NVIDIA GPU
   assert choose(None, jnp.bfloat16, 64, 10, False) == choose("", jnp.bfloat16, 64, 10, False) == "xla"
@@ -47,6 +47,9 @@ def test_automatic_attention_is_cudnn_only_where_it_applies(monkeypatch):
   assert choose("auto", jnp.float32, 64, 10, False) == "xla"  # float32 (the parity tests) stays on XLA
   assert choose("auto", jnp.bfloat16, 12, 10, False) == "xla"  # head dim not a multiple of 8
   assert choose("xla", jnp.bfloat16, 64, 10, False) == "xla"
+  monkeypatch.setattr(layers, "_has_cudnn_attention", lambda: False)  # this CPU: long sequences run looped
+  assert choose("auto", jnp.float32, 64, 1024, False) == choose("looped", jnp.float32, 64, 10, False) == "looped"
+  assert choose("auto", jnp.float32, 64, 255, True) == "xla"
   with pytest.raises(ValueError, match="flash"):
     choose("flash", jnp.bfloat16, 64, 10, False)
 
