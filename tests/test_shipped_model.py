@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import synthetic_tiny
+from configs import synthetic_tiny, train_synthetic_tiny
 from rflav_jax.codecs.audio import frames_from_mel, mel_from_waveform
 from rflav_jax.convert.from_config import build_flav
 from rflav_jax.data import synthetic
@@ -96,6 +96,14 @@ def test_first_command_writes_a_stream_whose_mp4_holds_the_ball_and_its_sound(tm
   figures = synthetic_av.segment_figures(clip.video, mel)
   assert figures["background"] < 0.05 and figures["video_label"] == 0 and figures["audio_label"] == 0
   assert (tmp_path / "stream_0_frames.png").stat().st_size and (tmp_path / "stream_0_mel.png").stat().st_size
+
+
+def test_the_training_recipe_in_the_repo_is_the_shipped_model():
+  recipe = train_synthetic_tiny.get_config("gpu")
+  model, _ = build_flav(recipe.model, synthetic_tiny.get_config().checkpoint)  # refuses any contradiction
+  assert model.hidden_size == recipe.model.hidden_size and recipe.train.export_dtype == "float16"
+  assert "step 16000" in (pathlib.Path(synthetic_tiny.get_config().checkpoint) / "config.py").read_text()
+  assert recipe.train.num_steps == 16000
 
 
 def test_weights_that_disagree_with_the_code_are_named(tmp_path, shipped):
