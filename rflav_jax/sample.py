@@ -18,14 +18,13 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from rflav_jax.codecs import audio
 from rflav_jax.codecs.pixel import to_uint8
 from rflav_jax.convert.from_config import build_flav, build_video_codec, build_vocoder
-from rflav_jax.flow.guidance import classifier_free_guidance, model_velocity
+from rflav_jax.flow.guidance import velocity_for_label
 from rflav_jax.flow.progress import CallProgress, counted
 from rflav_jax.flow.sampling import RollingSampler, generate_audio_from_video, generate_video_from_audio
 from rflav_jax.media import MediaError, NoAudioTrackError, letterbox, read_audio, read_video
@@ -119,15 +118,11 @@ def cpu_warning(model: FLAV, windows_per_call: int, calls: int, cores: int) -> s
 
 def _velocity_and_labels(model: FLAV, params, opts):
   """The velocity function (classifier-free guided when asked) and the (B,) labels, or None, of config.sample."""
-  if not model.num_classes:
-    return model_velocity(model, params), None
-  if not 0 <= opts.label <= model.num_classes:
+  if model.num_classes and not 0 <= opts.label <= model.num_classes:
     raise ValueError(f"config.sample.label={opts.label}: the model has classes 0..{model.num_classes - 1} "
                      f"(and {model.num_classes}, the null label)")
-  labels = jnp.full((opts.num_streams,), opts.label, jnp.int32)
-  if opts.guidance_scale != 1.0:
-    return classifier_free_guidance(model, params, opts.guidance_scale), labels
-  return model_velocity(model, params), labels
+  label = opts.label if model.num_classes else None
+  return velocity_for_label(model, params, label, opts.guidance_scale, opts.num_streams)
 
 
 def _sample(model: FLAV, params, config, output_dir, given: np.ndarray | None) -> list[pathlib.Path]:

@@ -9,25 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from rflav_jax.codecs.pixel import to_uint8
-from rflav_jax.flow.guidance import classifier_free_guidance, model_velocity
+from rflav_jax.flow.guidance import velocity_for_label
 from rflav_jax.flow.sampling import RollingSampler, generate_audio_from_video, generate_video_from_audio
 from rflav_jax.models.flav import FLAV
-
-
-def _velocity(model: FLAV, params, label: int | None, guidance_scale: float, streams: int):
-  if label is None:
-    return model_velocity(model, params), None
-  labels = jnp.full((streams,), label, jnp.int32)
-  if guidance_scale != 1.0:
-    return classifier_free_guidance(model, params, guidance_scale), labels
-  return model_velocity(model, params), labels
 
 
 def joint(model: FLAV, params, num_frames: int, *, streams: int = 1, label: int | None = None,
           guidance_scale: float = 1.0, steps_per_frame: int = 2, seed: int = 0, audio_scale: float = 1.0,
           chunk_frames: int = 100) -> tuple[np.ndarray, np.ndarray]:
   """num_frames jointly generated frames per stream, rolled chunk by chunk (constant device memory)."""
-  velocity, labels = _velocity(model, params, label, guidance_scale, streams)
+  velocity, labels = velocity_for_label(model, params, label, guidance_scale, streams)
   sampler = RollingSampler(velocity, steps_per_frame, devices=jax.local_devices()[:1])
   key_v, key_a, key = jax.random.split(jax.random.key(seed), 3)
   size, window = model.latent_size, model.predict_frames
@@ -46,7 +37,7 @@ def video_for_audio(model: FLAV, params, mel: np.ndarray, *, label: int | None =
                     condition_guidance: float = 1.0, steps_per_frame: int = 2, seed: int = 0,
                     audio_scale: float = 1.0) -> np.ndarray:
   """uint8 video (T - W, R, R, 3) generated for the given mel frames (T, 10, N) in [-1, 1]."""
-  velocity, labels = _velocity(model, params, label, guidance_scale, 1)
+  velocity, labels = velocity_for_label(model, params, label, guidance_scale, 1)
   key_init, key = jax.random.split(jax.random.key(seed))
   size, window = model.latent_size, model.predict_frames
   init_v = jax.random.normal(key_init, (1, window, size, size, model.in_channels))
@@ -60,7 +51,7 @@ def audio_for_video(model: FLAV, params, video: np.ndarray, *, label: int | None
                     condition_guidance: float = 1.0, steps_per_frame: int = 2, seed: int = 0,
                     audio_scale: float = 1.0) -> np.ndarray:
   """mel (T - W, 10, N) in [-1, 1] generated for the given uint8 video frames (T, R, R, 3)."""
-  velocity, labels = _velocity(model, params, label, guidance_scale, 1)
+  velocity, labels = velocity_for_label(model, params, label, guidance_scale, 1)
   key_init, key = jax.random.split(jax.random.key(seed))
   window = model.predict_frames
   init_a = jax.random.normal(key_init, (1, window, model.audio_columns, model.n_mels))

@@ -54,9 +54,9 @@ def loss_and_grads(loss_fn: Callable, params, batch: dict, key: jax.Array, accum
     out = grad_fn(params, micro, jax.random.fold_in(key, index))
     return jax.tree.map(lambda a, b: a + b / accumulate_steps, total, out), None
 
-  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], _micro_batches(
-      batch, accumulate_steps)), key))
-  total, _ = jax.lax.scan(body, zeros, (jnp.arange(accumulate_steps), _micro_batches(batch, accumulate_steps)))
+  micro = _micro_batches(batch, accumulate_steps)
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), key))
+  total, _ = jax.lax.scan(body, zeros, (jnp.arange(accumulate_steps), micro))
   return total
 
 
