@@ -35,9 +35,9 @@ from rflav_jax.models.flav import FLAV
 
 FPS, SAMPLE_RATE = 10, 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
-# Measured: a 2-core CPU runs the FLAV-B/1 forward at 0.124 TFLOP/s in bf16, 0.135 in float32 (docs/PERFORMANCE.md);
+# Measured: a 2-core CPU runs the FLAV-B/1 forward at 0.155 TFLOP/s in bf16, 0.168 in float32 (docs/PERFORMANCE.md);
 # assumed to scale with cores.
-_CPU_TFLOP_PER_S_PER_CORE = 0.062
+_CPU_TFLOP_PER_S_PER_CORE = 0.077
 _CPU_WARN_TFLOP_PER_CALL = 0.5
 
 

@@ -1,11 +1,12 @@
-"""The looped attention (one sequence and head at a time, the CPU path for long sequences) is XLA's attention."""
+"""The CPU paths compute the same function: looped attention (one sequence and head at a time) is XLA's
+attention, and token-wise work in chunks (`layers.in_chunks`) is the whole computation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import rel_l2
-from rflav_jax.models import layers
+from rflav_jax.models import flav, layers
 
 
 def qkv(seed, shape=(3, 40, 2, 16), dtype=jnp.float32):
@@ -47,3 +48,46 @@ def test_attention_module_gives_the_same_output_with_either_implementation():
   assert layers.attention_implementation("auto", jnp.float32, 8, 300, False) == "looped"
   np.testing.assert_array_equal(outputs["auto"], outputs["looped"])
   assert rel_l2(outputs["looped"], outputs["xla"]) < 1e-6
+
+
+def test_cpu_chunks_cut_whole_sequences_into_equal_chunks_of_at_most_the_limit():
+  assert layers.cpu_chunks(2, 1024) == 1  # 2048 tokens: whole
+  assert layers.cpu_chunks(20, 1024) == 10  # FLAV-B/1 spatial attention, batch 2: two frames per chunk
+  assert layers.cpu_chunks(20480, 1) == 10  # its MLP rows
+  assert layers.cpu_chunks(2048, 10) == 16  # its temporal attention: 128 sequences of 10 per chunk
+  assert layers.cpu_chunks(3, 5000) == 3  # sequences longer than the limit: one per chunk
+  assert layers.cpu_chunks(7, 1000) == 7  # 7 is prime: the fewest equal chunks of <= 2048 tokens is 7
+  for sequences, tokens in [(20, 1024), (2048, 10), (20480, 1), (96, 100)]:
+    chunks = layers.cpu_chunks(sequences, tokens)
+    assert sequences % chunks == 0
+    assert sequences // chunks * tokens <= layers.CPU_CHUNK_TOKENS or sequences // chunks == 1
+
+
+def test_flav_in_chunks_has_the_same_parameters_outputs_and_gradients(monkeypatch):
+  model = flav.FLAV(latent_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2,
+                    num_classes=2, predict_frames=4, n_mels=16, causal_attn=True)
+  v, a, _, y = flav.dummy_inputs(model, batch=2)
+  keys = jax.random.split(jax.random.key(3), 3)
+  v, a = jax.random.normal(keys[0], v.shape), jax.random.normal(keys[1], a.shape)
+  t = jax.random.uniform(keys[2], (2, 4))
+
+  def run():
+    params = flav.init_params(model, 0)  # zero-initialised layers would hide differences: perturb every weight
+    leaves, tree = jax.tree.flatten(params)
+    noise = [0.2 * jax.random.normal(k, x.shape) for k, x in zip(jax.random.split(jax.random.key(4), len(leaves)), leaves)]
+    params = jax.tree.unflatten(tree, [x + n for x, n in zip(leaves, noise)])
+    loss = lambda p: sum(jnp.sum(o * jnp.cos(jnp.arange(o.size).reshape(o.shape)))
+                         for o in model.apply({"params": p}, v, a, t, y))
+    return params, jax.jit(model.apply)({"params": params}, v, a, t, y), jax.jit(jax.grad(loss))(params)
+
+  monkeypatch.setattr(layers, "CPU_CHUNK_TOKENS", 10 ** 9)
+  whole = run()
+  # 8 tokens per chunk: spatial attention one frame (16 patches) per chunk, temporal 2 sequences, MLP 8 rows.
+  monkeypatch.setattr(layers, "CPU_CHUNK_TOKENS", 8)
+  assert layers.cpu_chunks(8, 16) == 8 and layers.cpu_chunks(32, 4) == 16
+  chunked = run()
+  assert jax.tree.structure(chunked[0]) == jax.tree.structure(whole[0])
+  jax.tree.map(np.testing.assert_array_equal, chunked[0], whole[0])
+  for out_chunked, out_whole in zip(chunked[1], whole[1]):
+    assert rel_l2(out_chunked, out_whole) < 1e-5  # float32 rounding; a wrong cut would be O(1)
+  jax.tree.map(lambda g1, g2: np.testing.assert_array_less(rel_l2(g1, g2), 1e-4), chunked[2], whole[2])

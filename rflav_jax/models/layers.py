@@ -107,6 +107,40 @@ def looped_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: boo
   return out.reshape(b, heads, n, d).transpose(0, 2, 1, 3)
 
 
+# On CPUs, token-wise work over many tokens runs in chunks of at most this many tokens, one chunk after another:
+# a GEMM whose operands stay in cache runs faster. Measured on 2 cores of an AMD EPYC, float32: a 20480x768x3072
+# GEMM at 142 GFLOP/s whole and 198 in 2048-row pieces; FLAV-B/1's MLP (fc1, GELU, fc2) at 156 and 198.
+CPU_CHUNK_TOKENS = 2048
+
+
+def cpu_chunks(sequences: int, tokens: int) -> int:
+  """How many equal chunks of whole sequences to compute `sequences` sequences of `tokens` tokens in.
+
+  1 unless on a CPU with more than 2 * CPU_CHUNK_TOKENS tokens in all; then the fewest chunks of at most
+  CPU_CHUNK_TOKENS tokens (or of one sequence, for longer sequences) that divide the sequences evenly.
+  """
+  if jax.default_backend() != "cpu" or sequences * tokens <= 2 * CPU_CHUNK_TOKENS:
+    return 1
+  chunks = -(-sequences // max(1, CPU_CHUNK_TOKENS // tokens))
+  while sequences % chunks:
+    chunks += 1
+  return chunks
+
+
+def in_chunks(fn, module: nn.Module, x: jax.Array, chunks: int) -> jax.Array:
+  """fn(module, x) computed on `chunks` equal parts of x's leading axis in turn, concatenated.
+
+  The parts run one after another in a loop (`nn.scan` sharing the module's parameters), so the result,
+  the parameters and their names are those of fn(module, x); only the memory traffic changes.
+  """
+  if chunks == 1:
+    return fn(module, x)
+  body = lambda mdl, carry, part: (carry, fn(mdl, part))
+  scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False}, length=chunks)
+  _, out = scan(module, None, x.reshape(chunks, x.shape[0] // chunks, *x.shape[1:]))
+  return out.reshape(x.shape[0], *out.shape[2:])
+
+
 class Attention(nn.Module):
   """Multi-head self-attention over the token axis through `jax.nn.dot_product_attention`.
 
@@ -115,15 +149,23 @@ class Attention(nn.Module):
     dtype: compute dtype.
     implementation: "xla", "cudnn" (fused attention on NVIDIA GPUs), "looped" (one sequence and head at a
       time: CPUs, long sequences), or None / "" / "auto": chosen per call by `attention_implementation`.
+  On CPUs, many sequences are computed a chunk at a time (`cpu_chunks`).
   """
   num_heads: int
   dtype: Dtype = jnp.float32
   implementation: str | None = None
 
-  @nn.compact
   def __call__(self, x: jax.Array, *, is_causal: bool = False, mask: jax.Array | None = None) -> jax.Array:
     """x (..., N, D) -> (..., N, D). mask: bool (N, N), True where attention is allowed."""
     *batch, n, d = x.shape
+    sequences = x.reshape(-1, n, d)
+    attend = lambda module, part: module.attend(part, is_causal, mask)
+    return in_chunks(attend, self, sequences, cpu_chunks(sequences.shape[0], n)).reshape(*batch, n, d)
+
+  @nn.compact
+  def attend(self, x: jax.Array, is_causal: bool, mask: jax.Array | None) -> jax.Array:
+    """x (S, N, D) -> (S, N, D): S sequences at once."""
+    _, n, d = x.shape
     head_dim = d // self.num_heads
     qkv = dense(3 * d, self.dtype, "qkv")(x).reshape(-1, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -132,16 +174,21 @@ class Attention(nn.Module):
       out = looped_attention(q, k, v, is_causal=is_causal, mask=mask)
     else:
       out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, mask=mask, implementation=implementation)
-    return dense(d, self.dtype, "proj")(out.reshape(*batch, n, d))
+    return dense(d, self.dtype, "proj")(out.reshape(-1, n, d))
 
 
 class Mlp(nn.Module):
-  """Linear(D -> hidden), GELU (tanh approximation), Linear(hidden -> D)."""
+  """Linear(D -> hidden), GELU (tanh approximation), Linear(hidden -> D); on CPUs many tokens a chunk at a time."""
   hidden: int
   dtype: Dtype = jnp.float32
 
-  @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """x (..., D) -> (..., D)."""
+    rows = x.reshape(-1, x.shape[-1])
+    return in_chunks(lambda module, part: module.mlp(part), self, rows, cpu_chunks(rows.shape[0], 1)).reshape(x.shape)
+
+  @nn.compact
+  def mlp(self, x: jax.Array) -> jax.Array:
     h = nn.gelu(dense(self.hidden, self.dtype, "fc1")(x), approximate=True)
     return dense(x.shape[-1], self.dtype, "fc2")(h)
 
