@@ -190,6 +190,9 @@ def test_a_cpu_run_of_the_released_size_is_announced():
   assert abs(sample.approx_tflop_per_call(b1) - 2.73) / 2.73 < 0.05  # RFLAV.md section 6
   # 12 frames (44 calls) at the forward rate measured on a 2-core CPU, 0.155 TFLOP/s in bf16
   assert "roughly 13 min on 2 cores" in sample.cpu_warning(b1, 1, 44, cores=2)
+  bf16 = flav_from_preset("FLAV-B/1", num_classes=10, causal_attn=True, dtype=jnp.bfloat16)
+  assert "--config.model.dtype=float32 is no slower than bfloat16" in sample.cpu_warning(bf16, 1, 44, cores=2)
+  assert "dtype" not in sample.cpu_warning(b1, 1, 44, cores=2)  # already float32
   assert sample.cpu_warning(flav_from_config(tiny_config().model), 4, 1000, cores=2) is None
 
 
