@@ -7,6 +7,7 @@ import pytest
 
 from conftest import rel_l2
 from rflav_jax.models import flav, layers
+from test_flav import random_params, tiny_inputs
 
 
 def qkv(seed, shape=(3, 40, 2, 16), dtype=jnp.float32):
@@ -66,19 +67,14 @@ def test_cpu_chunks_cut_whole_sequences_into_equal_chunks_of_at_most_the_limit()
 def test_flav_in_chunks_has_the_same_parameters_outputs_and_gradients(monkeypatch):
   model = flav.FLAV(latent_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2,
                     num_classes=2, predict_frames=4, n_mels=16, causal_attn=True)
-  v, a, _, y = flav.dummy_inputs(model, batch=2)
-  keys = jax.random.split(jax.random.key(3), 3)
-  v, a = jax.random.normal(keys[0], v.shape), jax.random.normal(keys[1], a.shape)
-  t = jax.random.uniform(keys[2], (2, 4))
+  v, a, t, y = tiny_inputs(model, jax.random.key(3))
 
   def run():
-    params = flav.init_params(model, 0)  # zero-initialised layers would hide differences: perturb every weight
-    leaves, tree = jax.tree.flatten(params)
-    noise = [0.2 * jax.random.normal(k, x.shape) for k, x in zip(jax.random.split(jax.random.key(4), len(leaves)), leaves)]
-    params = jax.tree.unflatten(tree, [x + n for x, n in zip(leaves, noise)])
+    params = random_params(model, jax.random.key(4))  # N(0, 0.2): zero-initialised gates would hide differences
     loss = lambda p: sum(jnp.sum(o * jnp.cos(jnp.arange(o.size).reshape(o.shape)))
                          for o in model.apply({"params": p}, v, a, t, y))
-    return params, jax.jit(model.apply)({"params": params}, v, a, t, y), jax.jit(jax.grad(loss))(params)
+    return (flav.init_params(model, 0), jax.jit(model.apply)({"params": params}, v, a, t, y),
+            jax.jit(jax.grad(loss))(params))
 
   monkeypatch.setattr(layers, "CPU_CHUNK_TOKENS", 10 ** 9)
   whole = run()
