@@ -2,6 +2,7 @@ r"""Measures bouncing-ball streams from their pictures and sound (rflav_jax/eval
 
   python -m launch.evaluate --config=configs/synthetic_tiny.py --mode=joint --seconds=600 --segment_seconds=60
   python -m launch.evaluate --config=configs/synthetic_tiny.py --mode=audio_to_video --seconds=30 --streams=4
+  python -m launch.evaluate --mode=continuation --seconds=6 --segment_seconds=1 --streams=16  # on from real frames
   python -m launch.evaluate --mode=real --seconds=30 --streams=4                       # real clips, the reference
   python -m launch.evaluate --config.checkpoint= --mode=joint --seconds=30             # an untrained model
 """

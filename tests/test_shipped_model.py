@@ -80,6 +80,23 @@ def test_one_modality_follows_the_other(mode, figure, trained_above, untrained_b
   assert trained[figure] > trained_above and not baseline[figure] > untrained_below
 
 
+def test_rolling_on_from_a_real_window_keeps_its_ball_and_class():
+  config = synthetic_tiny.get_config()
+  trained = evaluate.evaluate(config, "continuation", seconds=2.0, segment_seconds=1.0, streams=2)
+  config.checkpoint = ""
+  baseline = evaluate.evaluate(config, "continuation", seconds=2.0, segment_seconds=1.0, streams=2)
+  # Second second: frames that entered the window as fresh noise, generated next to the real ones.
+  later = lambda results, figure: [r[figure] for r in results if r["segment"] == 1]
+  assert np.mean(later(trained, "ball_frames")) > 0.4 and np.mean(later(baseline, "ball_frames")) < 0.1
+  assert all(r["video_label"] == r["label"] for r in trained)
+
+
+def test_continuation_needs_one_window_of_real_frames(untrained):
+  clip = synthetic.generate_clip(1, 0, synthetic.BouncingBallConfig(num_frames=12))
+  with pytest.raises(ValueError, match="first 10 frames"):
+    generate.continuation(*untrained, clip.video, clip.mel[:10], 5)
+
+
 def test_classifier_free_guidance_keeps_the_class(shipped):
   figures = joint_figures(shipped, label=2, guidance_scale=2.0)
   assert figures["video_label"] == 2 and figures["audio_label"] == 2 and figures["background"] < 0.05

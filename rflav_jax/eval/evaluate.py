@@ -1,5 +1,6 @@
-"""Figures (synthetic_av) of bouncing-ball streams: generated jointly, video for a real clip's sound, sound for a
-real clip's video, or real clips themselves as the reference. Real clips come from data.synthetic with
+"""Figures (synthetic_av) of bouncing-ball streams: generated jointly, rolled on from a real clip's first window
+(continuation), video for a real clip's sound, sound for a real clip's video, or real clips themselves as the
+reference. Real clips come from data.synthetic with
 (seed = config.seed + 1, index = stream), so they are never the clips a model trained on (seed 0).
 """
 import numpy as np
@@ -8,7 +9,7 @@ from rflav_jax.convert.from_config import build_flav
 from rflav_jax.data import synthetic
 from rflav_jax.eval import generate, synthetic_av
 
-MODES = ("joint", "audio_to_video", "video_to_audio", "real")
+MODES = ("joint", "continuation", "audio_to_video", "video_to_audio", "real")
 FPS = 10
 
 
@@ -42,6 +43,9 @@ def evaluate(config, mode: str, seconds: float, segment_seconds: float, streams:
       clip_label = clip.label if label is not None else None
       if mode == "real":
         video, mel = clip.video, clip.mel
+      elif mode == "continuation":
+        video, mel = generate.continuation(model, params, clip.video[:window], clip.mel[:window], num_frames,
+                                           label=clip_label, **{**common, "seed": config.seed + stream})
       elif mode == "audio_to_video":
         video = generate.video_for_audio(model, params, clip.mel, label=clip_label,
                                          condition_guidance=opts.condition_guidance, **common)
