@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 from conftest import load_fixture, rel_l2
 from rflav_jax.codecs.pixel import VideoCodec
 from rflav_jax.codecs.sdvae import (LATENT_SCALE, AutoencoderKL, SdVaeCodec, VaeConfig, from_model_latents,
-                                    sample_latent, to_model_latents)
+                                    map_in_chunks, sample_latent, to_model_latents)
 from rflav_jax.convert.param_mapping import ConversionError
 from rflav_jax.convert.sdvae import abstract_params, sdvae_from_diffusers, sdvae_from_folder
 
@@ -134,6 +134,15 @@ def test_latent_scaling_and_sampling():
   standardised = (draw - 2.0) / 0.5
   assert abs(float(standardised.mean())) < 0.05 and abs(float(standardised.std()) - 1) < 0.05
   assert not np.allclose(draw, sample_latent(mean, logvar, jax.random.key(1)))
+
+
+@pytest.mark.parametrize("rows, chunk_size, calls", [
+    (20, 16, [10, 10]), (80, 16, [16] * 5), (17, 16, [9, 9]), (1, 16, [1]), (5, 1, [1] * 5)])
+def test_map_in_chunks_uses_the_fewest_equal_chunks(rows, chunk_size, calls):
+  seen = []
+  out = map_in_chunks(lambda z: (seen.append(z.shape[0]), z * 2)[1], np.arange(rows, dtype=np.float32), chunk_size)
+  assert seen == calls  # one compiled shape per call; at most len(calls) - 1 padded rows
+  np.testing.assert_array_equal(out, np.arange(rows) * 2)
 
 
 def test_codec_chunks_match_one_batch(fixture, small_vae):

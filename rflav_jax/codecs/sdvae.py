@@ -271,24 +271,27 @@ def _decode(model: AutoencoderKL, params, latent):
 
 
 def map_in_chunks(fn: Callable, x: np.ndarray, chunk_size: int):
-  """Applies `fn` (jitted) to x (N, ...) chunk_size rows at a time; returns its pytree output on the host.
+  """Applies `fn` (jitted) to x (N, ...) in equal chunks of at most chunk_size rows; returns its pytree output on
+  the host.
 
-  The last chunk is padded by repeating its final row, so `fn` compiles once; only one chunk's inputs and
-  activations live on the device at a time.
+  N rows go in the fewest chunks of at most chunk_size rows, all of one size (e.g. 20 rows with chunk_size 16: two
+  of 10), so `fn` compiles once per N; the last chunk is padded by repeating its final row (fewer rows than there
+  are chunks). Only one chunk's inputs and activations live on the device at a time.
   """
   if chunk_size < 1:
     raise ValueError(f"chunk_size={chunk_size}; expected a positive number of frames per call.")
   n = x.shape[0]
   if n == 0:
     raise ValueError("map_in_chunks got 0 frames; pass at least one frame.")
+  size = -(-n // -(-n // chunk_size))  # ceil(n / number of chunks)
   outputs = []
-  for start in range(0, n, chunk_size):
-    chunk = x[start:start + chunk_size]
-    pad = chunk_size - chunk.shape[0]
+  for start in range(0, n, size):
+    chunk = x[start:start + size]
+    pad = size - chunk.shape[0]
     if pad:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
     out = jax.tree.map(np.asarray, fn(jnp.asarray(chunk)))
-    outputs.append(jax.tree.map(lambda a: a[:chunk_size - pad], out))
+    outputs.append(jax.tree.map(lambda a: a[:size - pad], out))
   return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
