@@ -11,6 +11,7 @@ chunks (one compilation, bounded memory).
 """
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -283,7 +284,7 @@ def map_in_chunks(fn: Callable, x: np.ndarray, chunk_size: int):
   n = x.shape[0]
   if n == 0:
     raise ValueError("map_in_chunks got 0 frames; pass at least one frame.")
-  size = -(-n // -(-n // chunk_size))  # ceil(n / number of chunks)
+  size = math.ceil(n / math.ceil(n / chunk_size))  # rows per chunk: n spread evenly over the fewest chunks
   outputs = []
   for start in range(0, n, size):
     chunk = x[start:start + size]

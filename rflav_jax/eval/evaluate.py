@@ -1,7 +1,7 @@
 """Figures (synthetic_av) of bouncing-ball streams: generated jointly, rolled on from a real clip's first window
 (continuation), video for a real clip's sound, sound for a real clip's video, or real clips themselves as the
-reference. Real clips come from data.synthetic with
-(seed = config.seed + 1, index = stream), so they are never the clips a model trained on (seed 0).
+reference. Real clips come from data.synthetic with (seed = config.seed + 1, index = stream), so they are never
+the clips a model trained on (seed 0).
 """
 import numpy as np
 
