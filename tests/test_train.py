@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from configs import train_synthetic_tiny
 from conftest import rel_l2
 from rflav_jax.convert import release
-from rflav_jax.train import trainer
+from rflav_jax.train import checkpointing, trainer
 from rflav_jax.train.state import ema_decay_fn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -183,6 +183,31 @@ def test_contradicting_config_is_refused_and_export_samples(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   check_ok(sampled)
   assert (tmp_path / "out" / "stream_0.mp4").stat().st_size > 0
+
+
+def test_export_of_any_kept_step_holds_that_steps_weights(tmp_path):
+  check_ok(launch(tmp_path, "train.num_steps=10"))  # micro saves every 5 steps: steps 5 and 10 are kept
+  exported = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+  check_ok(exported)
+  assert "wrote step 10" in exported.stdout
+  # The newest step, stored as the run's export_dtype: the folder training wrote itself, bit for bit.
+  newest, trained = (release.load_flav(tmp_path / name)[1] for name in ("export_step_10", "export"))
+  jax.tree.map(np.testing.assert_array_equal, newest, trained)
+
+  # An earlier step in float32: exactly the EMA (or raw) weights its checkpoint holds, not the newest ones.
+  stored = saved_state(tmp_path, 5)
+  for weights, name in (("ema", "ema_params"), ("params", "params")):
+    folder, step = checkpointing.export_step(tmp_path, 5, tmp_path / weights, weights, storage_dtype="float32")
+    assert step == 5
+    jax.tree.map(np.testing.assert_array_equal, release.load_flav(folder)[1], stored[name])
+  later = saved_state(tmp_path, 10)["ema_params"]
+  assert not np.array_equal(stored["ema_params"]["v_embedder"]["kernel"], later["v_embedder"]["kernel"])
+
+  with pytest.raises(ValueError, match="holds no checkpoint of step 7; kept steps: 5, 10"):
+    checkpointing.export_step(tmp_path, 7)
+  with pytest.raises(FileNotFoundError, match="pass the --workdir of a launch.train run"):
+    checkpointing.export_step(tmp_path / "export")
 
 
 def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):

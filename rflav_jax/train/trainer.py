@@ -2,8 +2,9 @@
 
 Everything goes to `workdir`: checkpoints/ (Orbax), config.json (the resolved config), metrics.jsonl,
 tensorboard/, samples/step_<n>/ (mp4 + PNG previews from the EMA weights) and export/ (the EMA weights as a
-converted folder: `launch.sample --config.checkpoint=DIR/export`). Running it again on the same workdir
-continues the run; a run killed at any moment and restarted ends with the same weights as one never stopped.
+converted folder: `launch.sample --config.checkpoint=DIR/export`; `launch.export` writes one of any kept step).
+Running it again on the same workdir continues the run; a run killed at any moment and restarted ends with the
+same weights as one never stopped.
 
 Resume order: (1) the newest complete checkpoint's step; (2) its stored model arguments against config.model
 (a contradiction is refused, naming each field); (3) the state restored with its shardings, or created; (4) the
@@ -21,7 +22,6 @@ import numpy as np
 from absl import logging
 
 from rflav_jax import sample
-from rflav_jax.convert import export
 from rflav_jax.convert.from_config import build_flav, build_video_codec
 from rflav_jax.models import flops
 from rflav_jax.models.flav import FLAV, dummy_inputs, flav_args, flav_from_config
@@ -99,11 +99,6 @@ def _write_samples(config, model: FLAV, ema_params, step: int, workdir: pathlib.
   start = time.perf_counter()
   paths = sample.sample_with(model, ema_params, preview, workdir / "samples" / f"step_{step:07d}")
   logging.info("wrote %s (%.1f s)", paths[0], time.perf_counter() - start)
-
-
-def _export(model: FLAV, ema_params, step: int, workdir: pathlib.Path, storage_dtype: str) -> pathlib.Path:
-  return export.save_converted(workdir / "export", "flav", ema_params, flav_args(model),
-                               f"training in {workdir.name}, step {step} (EMA weights)", storage_dtype)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainState:
@@ -208,7 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     progress.close()
 
   ema = parallel.to_host(state.ema_params, mesh)
-  folder = _export(model, ema, step, workdir, train.export_dtype)
+  folder = checkpointing.save_export(workdir / "export", ema, flav_args(model), workdir.name, step,
+                                     storage_dtype=train.export_dtype)
   if is_main:
     logging.info("exported the EMA weights of step %d to %s", step, folder)
     if train.sample_every and step == train.num_steps:
