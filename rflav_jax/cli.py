@@ -9,12 +9,17 @@ Errors meant for the user (a bad flag value, a missing or damaged file) are Valu
 ConversionError, MediaError, ...) or OSErrors (FileNotFoundError, PermissionError, ...); `run` prints their
 message as `error: <message>` on stderr and exits with status 1. `--verbose_errors` shows the traceback instead.
 Any other exception is a bug and keeps its traceback.
+
+Before anything runs, `run` sets glibc's allocator to keep freed memory on CPU-only machines
+(`rflav_jax.host_memory`): XLA's CPU programs then stop page-faulting their buffers in at every call.
 """
 import sys
 from typing import Callable
 
 from absl import app
 from absl import flags
+
+from rflav_jax import host_memory
 
 _VERBOSE_ERRORS = flags.DEFINE_bool("verbose_errors", False,
                                     "Show the traceback of an error instead of the one-line message.")
@@ -23,6 +28,7 @@ USER_ERRORS = (ValueError, OSError)
 
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run(main)`, printing user errors (USER_ERRORS) as one `error: ...` line and exiting with status 1."""
+  host_memory.keep_freed_memory()
 
   def guarded(argv):
     try:

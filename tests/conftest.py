@@ -5,6 +5,11 @@ import pathlib
 import numpy as np
 import pytest
 
+from rflav_jax import host_memory
+
+# As the launchers do (rflav_jax.cli.run): keep freed memory, before the tests start JAX's CPU threads.
+host_memory.keep_freed_memory()
+
 SHARED = pathlib.Path(os.environ.get("RFLAV_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
 FIXTURES = SHARED / "fixtures"
 MEDIA = SHARED / "media"
