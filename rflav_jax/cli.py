@@ -10,7 +10,7 @@ ConversionError, MediaError, ...) or OSErrors (FileNotFoundError, PermissionErro
 message as `error: <message>` on stderr and exits with status 1. `--verbose_errors` shows the traceback instead.
 Any other exception is a bug and keeps its traceback.
 
-Before anything runs, `run` sets glibc's allocator to keep freed memory on CPU-only machines
+Before `main` runs, `run` sets glibc's allocator to keep freed memory on CPU-only machines
 (`rflav_jax.host_memory`): XLA's CPU programs then stop page-faulting their buffers in at every call.
 """
 import sys
@@ -28,10 +28,10 @@ USER_ERRORS = (ValueError, OSError)
 
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run(main)`, printing user errors (USER_ERRORS) as one `error: ...` line and exiting with status 1."""
-  host_memory.keep_freed_memory()
 
   def guarded(argv):
     try:
+      host_memory.keep_freed_memory()
       return main(argv)
     except USER_ERRORS as error:
       if _VERBOSE_ERRORS.value:

@@ -67,3 +67,13 @@ def test_unset_applies_only_to_cpu_runs(monkeypatch):
   monkeypatch.delenv(host_memory.ENV, raising=False)
   monkeypatch.setenv("JAX_PLATFORMS", "cuda")
   assert host_memory.keep_freed_memory() is False
+
+
+def test_launchers_apply_it_before_main_and_report_a_bad_value_in_one_line():
+  env = {"RFLAV_KEEP_FREED_MEMORY": "yes", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+  out = subprocess.run([sys.executable, "-m", "launch.benchmark", "--config=configs/bench_cpu.py:short", "--only=matmul"],
+                       env=env, capture_output=True, text=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == (
+      "error: RFLAV_KEEP_FREED_MEMORY='yes': expected 0 (off), 1 (on) or unset (on for CPU-only runs)")
+  assert "matmul" not in out.stdout
