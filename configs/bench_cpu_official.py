@@ -16,7 +16,8 @@ def get_config():
   # 10 steps per timing (the official side-by-side harness times 20): shorter timings swing more on 2 cores.
   config.update(forward_batch=4, train_batch=4, streams=2, iters=10)
   config.reference = ml_collections.ConfigDict({
-      "float32": dict(source="official code on the same 2-core AMD EPYC, best of 3 alternating rounds: rolling torch 2.11 "
-                             "2026-11-27, training torch 2.14.1 2026-11-29 (docs/PERFORMANCE.md)", rolling=8.9, train=5.9),
+      "float32": dict(source="official code on the same 2-core AMD EPYC, best of 3 alternating rounds: rolling torch "
+                             "2.11 2026-11-27, training torch 2.14.1 2026-11-29 (docs/PERFORMANCE.md)",
+                      rolling=8.9, train=5.9),
   })
   return config

@@ -10,8 +10,8 @@ time fell to under 0.02 s per step and the step to about 0.8 s.
 The launchers call `keep_freed_memory()` first (through `rflav_jax.cli.run`), before JAX starts the threads of its
 CPU client, since a thread keeps the arena it got first. It does nothing when JAX may run on an accelerator
 (a GPU or TPU plugin is installed, or JAX_PLATFORMS names another platform first): there the arrays live on the
-device, and one arena could make the host's input threads wait on each other (not measured). Set RFLAV_KEEP_FREED_MEMORY=0
-to turn it off; RFLAV_KEEP_FREED_MEMORY=1 forces it on.
+device, and one arena could make the host's input threads wait on each other (not measured).
+Set RFLAV_KEEP_FREED_MEMORY=0 to turn it off; RFLAV_KEEP_FREED_MEMORY=1 forces it on.
 """
 import ctypes
 import importlib.metadata

@@ -28,11 +28,15 @@ print(min(faults))
 """
 
 
+def _python(args: list[str], setting: str, check: bool = True) -> subprocess.CompletedProcess:
+  """`python ARGS` in the repository root, CPU only, with RFLAV_KEEP_FREED_MEMORY=setting and nothing else inherited."""
+  env = {host_memory.ENV: setting, "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+  return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, check=check,
+                        cwd=pathlib.Path(__file__).resolve().parents[1])
+
+
 def _faults_per_call(setting: str) -> tuple[bool, float]:
-  env = {"RFLAV_KEEP_FREED_MEMORY": setting, "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
-  out = subprocess.run([sys.executable, "-c", _FAULTS_PER_CALL], env=env, capture_output=True, text=True, check=True,
-                       cwd=pathlib.Path(__file__).resolve().parents[1])
-  applied, faults = out.stdout.split()
+  applied, faults = _python(["-c", _FAULTS_PER_CALL], setting).stdout.split()
   return applied == "True", float(faults)
 
 
@@ -56,7 +60,8 @@ def test_off_switch_and_bad_values(monkeypatch):
     host_memory.keep_freed_memory()
 
 
-@pytest.mark.parametrize("platforms, accelerator", [("cpu", False), ("cuda", True), ("tpu,cpu", True), ("cpu,cuda", False)])
+@pytest.mark.parametrize("platforms, accelerator",
+                         [("cpu", False), ("cuda", True), ("tpu,cpu", True), ("cpu,cuda", False)])
 def test_accelerator_is_read_from_jax_platforms(monkeypatch, platforms, accelerator):
   monkeypatch.setenv("JAX_PLATFORMS", platforms)
   assert host_memory.accelerator_may_be_used() is accelerator
@@ -70,9 +75,7 @@ def test_unset_applies_only_to_cpu_runs(monkeypatch):
 
 
 def test_launchers_apply_it_before_main_and_report_a_bad_value_in_one_line():
-  env = {"RFLAV_KEEP_FREED_MEMORY": "yes", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
-  out = subprocess.run([sys.executable, "-m", "launch.benchmark", "--config=configs/bench_cpu.py:short", "--only=matmul"],
-                       env=env, capture_output=True, text=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+  out = _python(["-m", "launch.benchmark", "--config=configs/bench_cpu.py:short", "--only=matmul"], "yes", check=False)
   assert out.returncode == 1
   assert out.stderr.strip().splitlines()[-1] == (
       "error: RFLAV_KEEP_FREED_MEMORY='yes': expected 0 (off), 1 (on) or unset (on for CPU-only runs)")
