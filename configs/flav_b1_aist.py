@@ -18,5 +18,6 @@ def get_config():
   config.audio_scale = 3.5009668382765917
   config.codec = ml_collections.ConfigDict(dict(kind="sdvae", checkpoint=""))
   config.vocoder = ml_collections.ConfigDict(dict(kind="hifigan", checkpoint="", griffin_lim_iters=32))
-  config.sample.update(num_streams=4, num_frames=240, chunk_frames=20, guidance_scale=1.0)
+  config.sample.update(num_streams=4, num_frames=240, chunk_frames=20, guidance_scale=1.0,
+                       stochasticity=0.0)  # plain Euler steps, as the official sampler
   return config

@@ -27,7 +27,8 @@ from rflav_jax.codecs.pixel import to_uint8
 from rflav_jax.convert.from_config import build_flav, build_video_codec, build_vocoder
 from rflav_jax.flow.guidance import velocity_for_label
 from rflav_jax.flow.progress import CallProgress, counted
-from rflav_jax.flow.sampling import RollingSampler, generate_audio_from_video, generate_video_from_audio
+from rflav_jax.flow.sampling import (RollingSampler, check_stochasticity, generate_audio_from_video,
+                                     generate_video_from_audio)
 from rflav_jax.media import MediaError, NoAudioTrackError, letterbox, read_audio, read_video
 from rflav_jax.media.align import FrameAligner
 from rflav_jax.media.images import contact_sheet, spectrogram_image, write_png
@@ -68,6 +69,10 @@ def _read_inputs(opts) -> np.ndarray | None:
   for name in ("num_streams", "num_frames", "chunk_frames", "steps_per_frame"):
     if opts[name] < 1:
       raise ValueError(f"config.sample.{name}={opts[name]} must be a positive int")
+  try:
+    check_stochasticity(opts.stochasticity)
+  except ValueError as e:
+    raise ValueError(f"config.sample.{e}") from None
   if opts.condition not in ("", "audio", "video"):
     raise ValueError(f"config.sample.condition={opts.condition!r}: expected '' (joint), 'audio' or 'video'")
   if not opts.condition:
@@ -183,7 +188,7 @@ def _sample_joint(model: FLAV, velocity, labels, codec, vocoder, config, paths, 
   """Joint generation streamed to the mp4 files chunk by chunk; returns stream 0's first 2 W frames and mels."""
   opts = config.sample
   batch, window, total = opts.num_streams, model.predict_frames, opts.num_frames
-  sampler = RollingSampler(velocity, opts.steps_per_frame, devices=devices)
+  sampler = RollingSampler(velocity, opts.steps_per_frame, stochasticity=opts.stochasticity, devices=devices)
   key_v, key_a, key_stream = jax.random.split(jax.random.key(config.seed), 3)
   init_v = jax.random.normal(key_v, (batch, window, model.latent_size, model.latent_size, model.in_channels))
   init_a = jax.random.normal(key_a, (batch, window, model.audio_columns, model.n_mels))
@@ -236,7 +241,8 @@ def _sample_conditional(model: FLAV, velocity, labels, codec, vocoder, config, p
   batch, window, num_frames = opts.num_streams, model.predict_frames, opts.num_frames
   key_init, key = jax.random.split(jax.random.key(config.seed))
   repeat = lambda x: np.repeat(np.asarray(x)[None], batch, axis=0)
-  kwargs = dict(guidance_scale=opts.condition_guidance, key=key, labels=labels, devices=devices)
+  kwargs = dict(guidance_scale=opts.condition_guidance, key=key, labels=labels, stochasticity=opts.stochasticity,
+                devices=devices)
   if opts.condition == "audio":
     mel = config.audio_scale * audio.frames_from_mel(audio.mel_from_waveform(given))
     init_v = jax.random.normal(key_init, (batch, window, model.latent_size, model.latent_size, model.in_channels))

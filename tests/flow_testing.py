@@ -4,6 +4,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import Partial
 
 from rflav_jax.convert.flav import OFFICIAL_ARGS, flav_from_official
 from rflav_jax.models.flav import FLAV
@@ -44,3 +45,16 @@ def noise_window(seed: int, model: FLAV, batch: int):
   size, frames = model.latent_size, model.predict_frames
   return (rng.standard_normal((batch, frames, size, size, model.in_channels), np.float32),
           rng.standard_normal((batch, frames, model.audio_columns, model.n_mels), np.float32))
+
+
+def point_mass_velocity(x1_v, x1_a) -> Partial:
+  """The exact velocity field of data that is always (x1_v, x1_a), frames (H, Wd, C) and (F, N).
+
+  There x = t x1 + (1 - t) eps, so x1 - eps = (x1 - x) / (1 - t): Euler steps (plain or stochastic) reach x1
+  exactly at t = 1.
+  """
+  def velocity(x1_v, x1_a, v, a, t):
+    per_frame = lambda x: (1.0 - t).reshape(t.shape + (1,) * (x.ndim - 2))
+    return (x1_v - v) / per_frame(v), (x1_a - a) / per_frame(a)
+
+  return Partial(velocity, jnp.asarray(x1_v), jnp.asarray(x1_a))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import load_fixture, rel_l2
-from flow_testing import audio_layout, fixture_model, noise_window, tiny_flav, video_layout
+from flow_testing import audio_layout, fixture_model, noise_window, point_mass_velocity, tiny_flav, video_layout
 from rflav_jax.flow import guidance, sampling
 
 
@@ -135,12 +135,30 @@ def test_guided_generation_from_a_key(given_modality):
   model, params, init, given, _, _ = _conditional_case(given_modality, model_and_params=tiny_flav())
   generate = (sampling.generate_video_from_audio if given_modality == "audio"
               else sampling.generate_audio_from_video)
-  run = lambda scale: np.asarray(generate(guidance.model_velocity(model, params), init, given[:, :4], 4, 2,
-                                          guidance_scale=scale, key=jax.random.key(3)))
+  run = lambda scale, stochasticity=0.0: np.asarray(generate(
+      guidance.model_velocity(model, params), init, given[:, :4], 4, 2, guidance_scale=scale, key=jax.random.key(3),
+      stochasticity=stochasticity))
   guided, unguided = run(2.0), run(0.0)
   assert guided.shape == (1, 4) + init.shape[2:] and np.isfinite(guided).all()
   assert rel_l2(guided, unguided) > 1e-4  # the guidance term acts
   np.testing.assert_array_equal(run(2.0), guided)  # and the key fixes every draw
+  stochastic = run(2.0, 0.5)
+  assert rel_l2(stochastic, guided) > 1e-4  # stochastic steps draw noise
+  np.testing.assert_array_equal(run(2.0, 0.5), stochastic)  # from the key too
+
+
+@pytest.mark.parametrize("given_modality", ["audio", "video"])
+def test_stochastic_conditional_steps_reach_the_data(given_modality):
+  """For a point mass (exact velocity, no guidance gradient) the generated frames are the data itself."""
+  rng = np.random.default_rng(4)
+  x1_v, x1_a = rng.standard_normal((8, 8, 3)).astype(np.float32), rng.standard_normal((10, 16)).astype(np.float32)
+  audio_given = given_modality == "audio"
+  init = rng.standard_normal((2, 4) + (x1_v.shape if audio_given else x1_a.shape)).astype(np.float32)
+  given = rng.standard_normal((2, 9) + (x1_a.shape if audio_given else x1_v.shape)).astype(np.float32)
+  generate = sampling.generate_video_from_audio if audio_given else sampling.generate_audio_from_video
+  frames = generate(point_mass_velocity(x1_v, x1_a), init, given, 5, 2, guidance_scale=1.0, key=jax.random.key(5),
+                    stochasticity=1.0)
+  np.testing.assert_allclose(frames, np.broadcast_to(x1_v if audio_given else x1_a, frames.shape), atol=1e-4)
 
 
 def test_conditional_inputs_are_checked():

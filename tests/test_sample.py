@@ -100,12 +100,14 @@ def test_labels_and_guidance_reach_the_network(tmp_path):
   config = tiny_config()
   config.sample.num_frames = 4
   model, params = random_model(config)
-  runs = {"label0": dict(label=0), "label1": dict(label=1), "guided": dict(label=0, guidance_scale=3.0)}
+  runs = {"label0": dict(label=0), "label1": dict(label=1), "guided": dict(label=0, guidance_scale=3.0),
+          "plain_euler": dict(guidance_scale=1.0, stochasticity=0.0)}
   for name, options in runs.items():
     config.sample.update(options)
     sample.sample_with(model, params, config, tmp_path / name)
   assert video_difference(tmp_path / "label0/stream_0.mp4", tmp_path / "label1/stream_0.mp4") > 1
   assert video_difference(tmp_path / "label0/stream_0.mp4", tmp_path / "guided/stream_0.mp4") > 1
+  assert video_difference(tmp_path / "label0/stream_0.mp4", tmp_path / "plain_euler/stream_0.mp4") > 1
 
 
 def test_sdvae_codec_decodes_the_latents(tmp_path):
@@ -153,6 +155,7 @@ def test_bad_inputs_are_refused_before_any_compute(tmp_path, monkeypatch):
          (dict(num_frames=-3), "config.sample.num_frames=-3"),
          (dict(num_streams=0), "config.sample.num_streams=0"),
          (dict(chunk_frames=0), "config.sample.chunk_frames=0"),
+         (dict(stochasticity=1.5), r"config.sample.stochasticity=1.5: expected .* in \[0, 1\]"),
          (dict(condition="audio"), "set it to a media file"),
          (dict(condition="audio", condition_file=str(tmp_path / "silent.mp4")), "silent.mp4 has no audio track"),
          (dict(condition="video", condition_file=str(tmp_path / "sound.wav")), "sound.wav has no video stream"),

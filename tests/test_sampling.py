@@ -1,4 +1,5 @@
-"""Rolling sampler: official golden stream, streaming in chunks, compile counts, host memory, devices."""
+"""Rolling sampler: official golden stream, streaming in chunks, compile counts, host memory, devices, stochastic
+steps."""
 import json
 import os
 import pathlib
@@ -12,7 +13,7 @@ import pytest
 from jax.tree_util import Partial
 
 from conftest import load_fixture, rel_l2
-from flow_testing import audio_layout, fixture_model, noise_window, tiny_flav, video_layout
+from flow_testing import audio_layout, fixture_model, noise_window, point_mass_velocity, tiny_flav, video_layout
 from rflav_jax.flow import sampling
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +42,8 @@ def test_generate_reproduces_official_rolling_stream():
   np.testing.assert_allclose(t_rf, data["calls_t_rf"], rtol=1e-6, atol=0)
 
 
-def test_stream_in_chunks_equals_one_call_and_compiles_once():
+@pytest.mark.parametrize("stochasticity", [0.0, 0.7])
+def test_stream_in_chunks_equals_one_call_and_compiles_once(stochasticity):
   model, params = tiny_flav()
   traces = []
 
@@ -52,13 +54,14 @@ def test_stream_in_chunks_equals_one_call_and_compiles_once():
   velocity_fn = Partial(counting_velocity, params)
   init_v, init_a = noise_window(1, model, batch=2)
   key = jax.random.key(2)
-  full_v, full_a = sampling.generate(velocity_fn, init_v, init_a, 15, 2, key=key)
+  full_v, full_a = sampling.generate(velocity_fn, init_v, init_a, 15, 2, key=key, stochasticity=stochasticity)
 
   compiles = []
   listener = lambda name, _, **kwargs: compiles.append(name) if name == BACKEND_COMPILE else None
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    stream = sampling.RollingSampler(velocity_fn, 2).stream(init_v, init_a, key, chunk_frames=5)
+    stream = sampling.RollingSampler(velocity_fn, 2, stochasticity=stochasticity).stream(init_v, init_a, key,
+                                                                                         chunk_frames=5)
     chunks = [next(stream)]
     after_first = (len(traces), len(compiles))
     chunks += [next(stream), next(stream)]
@@ -108,6 +111,8 @@ _DEVICES_SCRIPT = textwrap.dedent("""
     key = jax.random.key(6)
     one = sampling.generate(velocity_fn, init_v, init_a, 6, 2, key=key, devices=jax.devices()[:1])
     eight = sampling.generate(velocity_fn, init_v, init_a, 6, 2, key=key)
+    one += sampling.generate(velocity_fn, init_v, init_a, 6, 2, key=key, stochasticity=0.5, devices=jax.devices()[:1])
+    eight += sampling.generate(velocity_fn, init_v, init_a, 6, 2, key=key, stochasticity=0.5)
     try:
       sampling.generate(velocity_fn, init_v[:3], init_a[:3], 6, 2, key=key)
       uneven_error = ""
@@ -129,7 +134,7 @@ def test_eight_devices_give_the_frames_of_one():
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   print(report)
-  assert report["devices_used"] == [1, 1, 8, 8]
+  assert report["devices_used"] == [1, 1, 1, 1, 8, 8, 8, 8]  # plain Euler, then stochastic steps
   assert max(report["rel_l2"]) <= 1e-5
   assert "cannot be split evenly over 8 devices" in report["uneven_error"]
 
@@ -146,3 +151,57 @@ def test_bad_inputs_name_the_problem():
     sampling.generate(velocity_fn, init_v, init_a[:, :2], 3, 2, key=jax.random.key(0))
   with pytest.raises(ValueError, match="steps_per_frame"):
     sampling.RollingSampler(velocity_fn, 0)
+  for stochasticity in (-0.1, 1.5):
+    with pytest.raises(ValueError, match=rf"stochasticity={stochasticity}: expected .* in \[0, 1\]"):
+      sampling.RollingSampler(velocity_fn, 2, stochasticity=stochasticity)
+  noise_v, noise_a = np.zeros((3,) + init_v[:, 0].shape, np.float32), np.zeros((3,) + init_a[:, 0].shape, np.float32)
+  with pytest.raises(ValueError, match="stochasticity=0.5 draws noise at every step: pass a key"):
+    sampling.generate(velocity_fn, init_v, init_a, 3, 2, noise_v=noise_v, noise_a=noise_a, stochasticity=0.5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stochastic steps, checked against a data distribution whose exact velocity is known (point_mass_velocity).
+
+
+def test_renoise_redraws_the_share_of_the_noise_asked_for():
+  rng = np.random.default_rng(0)
+  x1, eps, fresh = (rng.standard_normal((2, 4, 6)).astype(np.float32) for _ in range(3))
+  t = np.array([[0.2, 0.5, 0.75, 0.9]] * 2, np.float32)
+  t_next = np.array([[0.3, 0.6, 0.85, 1.0]] * 2, np.float32)
+  per_frame = lambda u: u[..., None]
+  x = per_frame(t) * x1 + per_frame(1 - t) * eps
+  velocity = x1 - eps
+  stepped = x + per_frame(t_next - t) * velocity
+  np.testing.assert_allclose(stepped, per_frame(t_next) * x1 + per_frame(1 - t_next) * eps, atol=1e-6)  # Euler
+  for s in (0.0, 0.6, 1.0):
+    out = sampling.renoise(x, stepped, velocity, t, t_next, s, fresh)
+    kept = np.sqrt(1 - s ** 2) * eps + s * fresh  # unit variance for independent eps and fresh
+    np.testing.assert_allclose(out, per_frame(t_next) * x1 + per_frame(1 - t_next) * kept, atol=1e-5)
+  np.testing.assert_allclose(out[:, 3], x1[:, 3], atol=1e-6)  # a frame stepped to t = 1 gets no noise
+
+
+@pytest.mark.parametrize("stochasticity", [0.0, 1.0])
+def test_stochastic_steps_keep_the_data_and_redraw_the_noise(stochasticity):
+  rng = np.random.default_rng(3)
+  batch, window, steps, emitted = 2, 4, 2, 6
+  x1_v, x1_a = rng.standard_normal((8, 8, 3)).astype(np.float32), rng.standard_normal((10, 16)).astype(np.float32)
+  init = sampling.Window(rng.standard_normal((batch, window, 8, 8, 3)).astype(np.float32),
+                         rng.standard_normal((batch, window, 10, 16)).astype(np.float32))
+  incoming = sampling.Window(rng.standard_normal((emitted, batch, 8, 8, 3)).astype(np.float32),
+                             rng.standard_normal((emitted, batch, 10, 16)).astype(np.float32))
+  sampler = sampling.RollingSampler(point_mass_velocity(x1_v, x1_a), steps, stochasticity=stochasticity)
+  start = sampler.with_noise_keys(init, jax.random.key(0))
+  rolled, frames_v, frames_a = sampler.roll(sampler.start(start), incoming)
+  # Every emitted frame is the data itself, whatever noise the steps drew.
+  np.testing.assert_allclose(frames_v, np.broadcast_to(x1_v, frames_v.shape), atol=1e-4)
+  np.testing.assert_allclose(frames_a, np.broadcast_to(x1_a, frames_a.shape), atol=1e-4)
+  # The noise of the newest frame, after its first S steps (now at t = 1 / W): kept exactly by plain Euler,
+  # drawn afresh (independent of it, unit variance) by fully stochastic steps.
+  t = 1.0 / window
+  noise = (np.asarray(rolled.v[:, -1]) - t * x1_v) / (1 - t)
+  appended = incoming.v[-1]
+  if stochasticity == 0.0:
+    np.testing.assert_allclose(noise, appended, atol=1e-4)
+  else:
+    assert abs(np.corrcoef(noise.ravel(), appended.ravel())[0, 1]) < 0.2 and 0.85 < noise.std() < 1.15
+  assert (rolled.noise_key is None) == (stochasticity == 0.0)

@@ -29,8 +29,8 @@ def evaluate(config, mode: str, seconds: float, segment_seconds: float, streams:
   opts = config.sample
   model, params = (None, None) if mode == "real" else build_flav(config.model, config.checkpoint, config.seed)
   label = opts.label if model is not None and model.num_classes else None
-  common = dict(guidance_scale=opts.guidance_scale, steps_per_frame=opts.steps_per_frame, seed=config.seed,
-                audio_scale=config.audio_scale)
+  common = dict(guidance_scale=opts.guidance_scale, steps_per_frame=opts.steps_per_frame,
+                stochasticity=opts.stochasticity, seed=config.seed, audio_scale=config.audio_scale)
   results = []
   for stream in range(streams):
     if mode == "joint":

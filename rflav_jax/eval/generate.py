@@ -2,7 +2,7 @@
 
 Frames come back as uint8 video (streams, T, R, R, 3) and mel (streams, T, 10, N) divided by audio_scale,
 the layouts `synthetic_av` reads. Labels / guidance: label None for unconditional models; guidance_scale != 1
-applies classifier-free guidance.
+applies classifier-free guidance. stochasticity: as in `RollingSampler` (0: plain Euler steps).
 """
 import jax
 import jax.numpy as jnp
@@ -16,11 +16,11 @@ from rflav_jax.models.flav import FLAV
 
 
 def joint(model: FLAV, params, num_frames: int, *, streams: int = 1, label: int | None = None,
-          guidance_scale: float = 1.0, steps_per_frame: int = 2, seed: int = 0, audio_scale: float = 1.0,
-          chunk_frames: int = 100) -> tuple[np.ndarray, np.ndarray]:
+          guidance_scale: float = 1.0, steps_per_frame: int = 2, stochasticity: float = 0.0, seed: int = 0,
+          audio_scale: float = 1.0, chunk_frames: int = 100) -> tuple[np.ndarray, np.ndarray]:
   """num_frames jointly generated frames per stream, rolled chunk by chunk (constant device memory)."""
   velocity, labels = velocity_for_label(model, params, label, guidance_scale, streams)
-  sampler = RollingSampler(velocity, steps_per_frame, devices=jax.local_devices()[:1])
+  sampler = RollingSampler(velocity, steps_per_frame, stochasticity=stochasticity, devices=jax.local_devices()[:1])
   key_v, key_a, key = jax.random.split(jax.random.key(seed), 3)
   size, window = model.latent_size, model.predict_frames
   init_v = jax.random.normal(key_v, (streams, window, size, size, model.in_channels))
@@ -35,8 +35,8 @@ def joint(model: FLAV, params, num_frames: int, *, streams: int = 1, label: int 
 
 
 def continuation(model: FLAV, params, video: np.ndarray, mel: np.ndarray, num_frames: int, *,
-                 label: int | None = None, guidance_scale: float = 1.0, steps_per_frame: int = 2, seed: int = 0,
-                 audio_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                 label: int | None = None, guidance_scale: float = 1.0, steps_per_frame: int = 2,
+                 stochasticity: float = 0.0, seed: int = 0, audio_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
   """num_frames frames rolled on from a real window instead of the pre-roll: (video (T, R, R, 3), mel (T, 10, N)).
 
   video uint8 (W, R, R, 3) and mel (W, 10, N) in [-1, 1] are the first W frames of a clip. They are noised to the
@@ -48,7 +48,7 @@ def continuation(model: FLAV, params, video: np.ndarray, mel: np.ndarray, num_fr
     raise ValueError(f"continuation needs the first {window} frames of video and mel (the model's window); "
                      f"got {len(video)} and {len(mel)}")
   velocity, labels = velocity_for_label(model, params, label, guidance_scale, 1)
-  sampler = RollingSampler(velocity, steps_per_frame, devices=jax.local_devices()[:1])
+  sampler = RollingSampler(velocity, steps_per_frame, stochasticity=stochasticity, devices=jax.local_devices()[:1])
   key_v, key_a, key = jax.random.split(jax.random.key(seed), 3)
   clean_v = jnp.asarray(to_signed_unit(video))[None]
   clean_a = jnp.asarray(mel, jnp.float32)[None] * audio_scale
@@ -58,15 +58,15 @@ def continuation(model: FLAV, params, video: np.ndarray, mel: np.ndarray, num_fr
     t_k = t.reshape(1, window, *(1,) * (x.ndim - 2))
     return t_k * x + (1.0 - t_k) * jax.random.normal(key, x.shape)
 
-  start = Window(noised(clean_v, key_v), noised(clean_a, key_a))
+  start = sampler.with_noise_keys(Window(noised(clean_v, key_v), noised(clean_a, key_a)), key)
   fresh = sampler.fresh_frames(jax.random.split(key, 1), 0, num_frames, clean_v.shape[2:], clean_a.shape[2:])
   _, frames_v, frames_a = sampler.roll(start, Window(*fresh), labels)
   return to_uint8(frames_v)[0], np.asarray(frames_a)[0] / audio_scale
 
 
 def video_for_audio(model: FLAV, params, mel: np.ndarray, *, label: int | None = None, guidance_scale: float = 1.0,
-                    condition_guidance: float = 1.0, steps_per_frame: int = 2, seed: int = 0,
-                    audio_scale: float = 1.0) -> np.ndarray:
+                    condition_guidance: float = 1.0, steps_per_frame: int = 2, stochasticity: float = 0.0,
+                    seed: int = 0, audio_scale: float = 1.0) -> np.ndarray:
   """uint8 video (T - W, R, R, 3) generated for the given mel frames (T, 10, N) in [-1, 1]."""
   velocity, labels = velocity_for_label(model, params, label, guidance_scale, 1)
   key_init, key = jax.random.split(jax.random.key(seed))
@@ -74,13 +74,13 @@ def video_for_audio(model: FLAV, params, mel: np.ndarray, *, label: int | None =
   init_v = jax.random.normal(key_init, (1, window, size, size, model.in_channels))
   frames = generate_video_from_audio(velocity, init_v, np.asarray(mel)[None] * audio_scale, len(mel) - window,
                                      steps_per_frame, guidance_scale=condition_guidance, key=key, labels=labels,
-                                     devices=jax.local_devices()[:1])
+                                     stochasticity=stochasticity, devices=jax.local_devices()[:1])
   return to_uint8(frames)[0]
 
 
 def audio_for_video(model: FLAV, params, video: np.ndarray, *, label: int | None = None, guidance_scale: float = 1.0,
-                    condition_guidance: float = 1.0, steps_per_frame: int = 2, seed: int = 0,
-                    audio_scale: float = 1.0) -> np.ndarray:
+                    condition_guidance: float = 1.0, steps_per_frame: int = 2, stochasticity: float = 0.0,
+                    seed: int = 0, audio_scale: float = 1.0) -> np.ndarray:
   """mel (T - W, 10, N) in [-1, 1] generated for the given uint8 video frames (T, R, R, 3)."""
   velocity, labels = velocity_for_label(model, params, label, guidance_scale, 1)
   key_init, key = jax.random.split(jax.random.key(seed))
@@ -89,5 +89,5 @@ def audio_for_video(model: FLAV, params, video: np.ndarray, *, label: int | None
   given = np.asarray(video, np.float32)[None] / 127.5 - 1.0
   frames = generate_audio_from_video(velocity, init_a, given, len(video) - window, steps_per_frame,
                                      guidance_scale=condition_guidance, key=key, labels=labels,
-                                     devices=jax.local_devices()[:1])
+                                     stochasticity=stochasticity, devices=jax.local_devices()[:1])
   return np.asarray(frames)[0] / audio_scale
