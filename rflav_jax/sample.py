@@ -61,11 +61,8 @@ def sample_with(model: FLAV, params, config, output_dir: str | pathlib.Path) -> 
   return _sample(model, params, config, output_dir, _read_inputs(config.sample))
 
 
-def _read_inputs(opts) -> np.ndarray | None:
-  """Checks config.sample; returns the given modality of condition_file (None for joint generation).
-
-  audio: int16-scale waveform (frames * 1600,) at 16 kHz; video: uint8 frames (frames, H, W, 3) at 10 fps.
-  """
+def check_options(opts) -> None:
+  """ValueError naming the first config.sample field (opts) out of its range; the files are not read."""
   for name in ("num_streams", "num_frames", "chunk_frames", "steps_per_frame"):
     if opts[name] < 1:
       raise ValueError(f"config.sample.{name}={opts[name]} must be a positive int")
@@ -75,6 +72,14 @@ def _read_inputs(opts) -> np.ndarray | None:
     raise ValueError(f"config.sample.{e}") from None
   if opts.condition not in ("", "audio", "video"):
     raise ValueError(f"config.sample.condition={opts.condition!r}: expected '' (joint), 'audio' or 'video'")
+
+
+def _read_inputs(opts) -> np.ndarray | None:
+  """Checks config.sample; returns the given modality of condition_file (None for joint generation).
+
+  audio: int16-scale waveform (frames * 1600,) at 16 kHz; video: uint8 frames (frames, H, W, 3) at 10 fps.
+  """
+  check_options(opts)
   if not opts.condition:
     return None
   where = f"config.sample.condition={opts.condition!r} takes the {opts.condition} of config.sample.condition_file"

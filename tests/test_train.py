@@ -237,6 +237,12 @@ def test_bad_setups_are_refused_before_compiling(tmp_path):
   with pytest.raises(ValueError, match="launch.prepare_data"):
     trainer.train_and_evaluate(config, tmp_path / "b")
   config = micro_config()
+  config.train.sample_every = 5
+  config.sample.stochasticity = 2.0  # the previews' sampler: refused before training, not after it
+  with pytest.raises(ValueError, match="config.sample.stochasticity=2.0"):
+    trainer.train_and_evaluate(config, tmp_path / "previews")
+  assert not list((tmp_path / "previews").rglob("checkpoints/*"))
+  config = micro_config()
   config.model.num_classes = 2  # the bouncing balls have 3 classes
   with pytest.raises(ValueError, match="num_classes=2"):
     trainer.train_and_evaluate(config, tmp_path / "c")

@@ -60,6 +60,8 @@ def _check_config(config) -> None:
   if train.accumulate_steps < 1 or (train.batch_size // devices) % train.accumulate_steps:
     raise ValueError(f"config.train.accumulate_steps={train.accumulate_steps} must divide the "
                      f"{train.batch_size // devices} examples each device gets per step")
+  if train.sample_every:  # the previews' settings, checked now rather than after hours of training
+    sample.check_options(config.sample)
 
 
 class _StopSignal:
