@@ -66,10 +66,7 @@ def check_options(opts) -> None:
   for name in ("num_streams", "num_frames", "chunk_frames", "steps_per_frame"):
     if opts[name] < 1:
       raise ValueError(f"config.sample.{name}={opts[name]} must be a positive int")
-  try:
-    check_stochasticity(opts.stochasticity)
-  except ValueError as e:
-    raise ValueError(f"config.sample.{e}") from None
+  check_stochasticity(opts.stochasticity, "config.sample.stochasticity")
   if opts.condition not in ("", "audio", "video"):
     raise ValueError(f"config.sample.condition={opts.condition!r}: expected '' (joint), 'audio' or 'video'")
 

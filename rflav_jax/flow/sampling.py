@@ -337,10 +337,10 @@ def _check_window(init: Window) -> tuple[int, int]:
   return init.v.shape[:2]
 
 
-def check_stochasticity(stochasticity: float) -> None:
-  """Raises ValueError unless 0 <= stochasticity <= 1."""
+def check_stochasticity(stochasticity: float, name: str = "stochasticity") -> None:
+  """Raises ValueError, naming the setting `name`, unless 0 <= stochasticity <= 1."""
   if not 0.0 <= stochasticity <= 1.0:
-    raise ValueError(f"stochasticity={stochasticity}: expected the share of noise redrawn per step, in [0, 1] "
+    raise ValueError(f"{name}={stochasticity}: expected the share of noise redrawn per step, in [0, 1] "
                      "(0: plain Euler as released)")
 
 
