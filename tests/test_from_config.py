@@ -1,14 +1,12 @@
 """Configs -> (model, params), codecs and vocoders: fresh and converted weights, config/checkpoint agreement."""
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from rflav_jax.codecs.sdvae import AutoencoderKL, SdVaeCodec, VaeConfig
-from rflav_jax.convert import export
+from rflav_jax.codecs.sdvae import SdVaeCodec
+from rflav_jax.convert import export, standins
 from rflav_jax.convert.from_config import build_flav, build_video_codec, build_vocoder, check_config_matches
 from rflav_jax.models.flav import FLAV, dummy_inputs, flav_args, init_params
 
@@ -78,10 +76,8 @@ def test_bad_folders_are_named_before_loading(tmp_path):
 
 
 def test_sdvae_codec_from_a_converted_folder(tmp_path):
-  vae = VaeConfig.from_diffusers({"block_out_channels": [8, 8], "norm_num_groups": 4, "latent_channels": 3})
-  model = AutoencoderKL(vae)
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))["params"]
-  folder = export.save_converted(tmp_path / "vae", "sdvae", params, dataclasses.asdict(vae), "test")
+  folder = standins.write_sdvae(tmp_path / "vae", {"block_out_channels": [8, 8], "norm_num_groups": 4,
+                                                    "latent_channels": 3})
   codec = build_video_codec(ml_collections.ConfigDict(dict(kind="sdvae", checkpoint=str(folder))), FLAV(**TINY))
   assert isinstance(codec, SdVaeCodec) and codec.decode(np.zeros((1, 8, 8, 3))).shape == (1, 16, 16, 3)
   with pytest.raises(ValueError, match="makes 3-channel latents; the model takes in_channels=4"):

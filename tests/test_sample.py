@@ -1,7 +1,6 @@
 """End-to-end sampling to mp4: frame and audio counts, wiring of labels, guidance, conditioning and codecs (on a
 random model whose final layers are not zero, so it predicts non-zero velocities), inputs refused before any
 compute, progress, device choice."""
-import dataclasses
 import logging
 import os
 import pathlib
@@ -18,9 +17,7 @@ import pytest
 from conftest import media_file
 from configs import synthetic_tiny
 from rflav_jax import sample
-from rflav_jax.codecs.hifigan import HifiGanConfig, HifiGanGenerator
-from rflav_jax.codecs.sdvae import AutoencoderKL, VaeConfig
-from rflav_jax.convert import export
+from rflav_jax.convert import standins
 from rflav_jax.convert.from_config import build_flav
 from rflav_jax.flow.progress import CallProgress
 from rflav_jax.media import write_wav
@@ -83,11 +80,9 @@ def test_griffin_lim_stream_writes_every_frame_with_progress_and_bounded_preview
 
 
 def test_hifigan_stream_keeps_audio_and_video_aligned(tmp_path):
-  vocoder = dict(num_mels=16, upsample_rates=[8, 5, 4], upsample_kernel_sizes=[16, 10, 8], upsample_initial_channel=16,
-                 resblock="1", resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]])
-  model = HifiGanGenerator(HifiGanConfig.from_dict(vocoder))
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 16)))["params"]
-  folder = export.save_converted(tmp_path / "vocoder", "vocoder", params, vocoder, "test")
+  folder = standins.write_vocoder(tmp_path / "vocoder", {**standins.HIFIGAN_V1_256_MELS, "num_mels": 16,
+                                                         "upsample_initial_channel": 16, "resblock_kernel_sizes": [3],
+                                                         "resblock_dilation_sizes": [[1, 3]]})
   config = tiny_config(n_mels=16, num_classes=0)
   config.sample.num_streams = 2
   config.vocoder.update(kind="hifigan", checkpoint=str(folder))
@@ -111,12 +106,9 @@ def test_labels_and_guidance_reach_the_network(tmp_path):
 
 
 def test_sdvae_codec_decodes_the_latents(tmp_path):
-  vae = VaeConfig.from_diffusers({"block_out_channels": [8, 8], "norm_num_groups": 4, "latent_channels": 4})
-  vae_model = AutoencoderKL(vae)
-  vae_params = jax.jit(vae_model.init)(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))["params"]
   config = tiny_config(latent_size=8, in_channels=4)
-  config.codec.update(kind="sdvae", checkpoint=str(export.save_converted(
-      tmp_path / "vae", "sdvae", vae_params, dataclasses.asdict(vae), "test")))
+  config.codec.update(kind="sdvae", checkpoint=str(standins.write_sdvae(
+      tmp_path / "vae", {"block_out_channels": [8, 8], "norm_num_groups": 4, "latent_channels": 4})))
   config.sample.num_frames = 3
   path, = sample.sample_with(*random_model(config), config, tmp_path / "out")
   assert read_video(path).shape == (3, 16, 16, 3)  # 8x8 latents decoded to 16x16 frames

@@ -1,0 +1,35 @@
+r"""Writes random-weight stand-ins of the three releases as converted folders, to time the sampling command.
+
+  python -m launch.make_standins --output_dir=/tmp/standins      # FLAV-B/1 (AIST++ config), sd-vae-ft-ema, HiFi-GAN
+  python -m launch.sample --config=configs/flav_b1_aist.py --config.checkpoint=/tmp/standins/flav \
+      --config.codec.checkpoint=/tmp/standins/sdvae --config.vocoder.checkpoint=/tmp/standins/vocoder \
+      --config.sample.num_frames=40 --output_dir=/tmp/standin_stream
+
+They cost what the released weights cost (same architectures: rflav_jax/convert/standins.py) and make noise; use
+them where the releases cannot be downloaded (docs/PERFORMANCE.md, end-to-end sampling).
+"""
+import pathlib
+
+from absl import flags
+from ml_collections import config_flags
+
+from rflav_jax import cli
+from rflav_jax.convert import standins
+from rflav_jax.train.progress import quiet_library_logs
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/flav_b1_aist.py", "Sampling config whose model the FLAV "
+                                          "stand-in takes.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder to write flav/, sdvae/ and vocoder/ into.", required=True)
+
+
+def main(argv):
+  del argv
+  quiet_library_logs()
+  out = pathlib.Path(_OUTPUT_DIR.value)
+  folders = [standins.write_flav(out / "flav", _CONFIG.value.model), standins.write_sdvae(out / "sdvae"),
+             standins.write_vocoder(out / "vocoder")]
+  print("wrote " + ", ".join(map(str, folders)))
+
+
+if __name__ == "__main__":
+  cli.run(main)
