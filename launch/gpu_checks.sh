@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The measurements that issues 9 and 10 still need from a GPU, each part sized for one call of a lent machine
+# (10 minutes at most; the whole lease is 15, its start included, so one part per lease).
+#
+#   bash launch/gpu_checks.sh wheels           # here, before the lease: wheels of what the GPU image lacks -> .whl/
+#   bash launch/gpu_checks.sh tiny  OUT_DIR    # at most 9 min on one H200: trains candidates for the shipped model
+#                                              # side by side (TINY_CANDIDATES, patch:depth, default "4:3 4:2") and
+#                                              # packs each run (export/, metrics, loss curve, log) as OUT_DIR/<name>.tgz.*
+#   bash launch/gpu_checks.sh bench OUT_DIR    # at most 9.5 min: FLAV-B/1 training without remat and with
+#                                              # dots_saveable, and the whole sampling command at 1 and 4 streams on
+#                                              # stand-in weights (launch.make_standins)
+#   DRY=1 bash launch/gpu_checks.sh tiny /tmp/out   # the same steps at toy sizes on any machine: checks the script
+#
+# The machine's image lacks ml_collections, librosa and PyAV: `wheels` downloads them (the versions installed here)
+# into .whl/, which each part installs from when the folder exists (carry it with the call). Each step has its own
+# time limit and a failed step does not stop the others; the last lines printed are a summary. After `tiny`,
+# unpack a run here (cat OUT/p4d3.tgz.* | tar xz) and measure it with launch.evaluate (README, shipped model).
+set -uo pipefail
+part=${1:?"usage: bash launch/gpu_checks.sh wheels|tiny|bench [OUT_DIR]"}
+out=${2:-}
+dry=${DRY:-0}
+summary=()
+
+note() { summary+=("$*"); echo "== $*"; }
+
+# run NAME SECONDS COMMAND...: the command under a time limit (SIGTERM first: training saves and exports), logged.
+# No run goes past DEADLINE_S seconds from the start (default 560, inside one 600 s call), so the summary prints.
+run() {
+  local name=$1 seconds=$2; shift 2
+  local start=$SECONDS left=$((${DEADLINE_S:-560} - SECONDS))
+  if [ "$left" -lt 30 ]; then
+    note "$name: skipped, $left s left before the deadline"
+    return 1
+  fi
+  [ "$seconds" -gt "$left" ] && seconds=$left
+  timeout -k 20 "$seconds" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  note "$name: exit $rc after $((SECONDS - start)) s (log $out/$name.log)"
+  tail -n 3 "$out/$name.log"
+  return $rc
+}
+
+install_wheels() {
+  if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || exit 1
+    export PYTHONPATH=/tmp/site:.
+  fi
+  export PYTHONUNBUFFERED=1
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+  python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
+}
+
+case $part in
+  wheels)
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+    specs=$(python3 -c "import importlib.metadata as m
+print(' '.join(f'{n}=={m.version(n)}' for n in ('ml_collections', 'librosa', 'audioread', 'decorator', 'pooch',
+                                                'platformdirs', 'soundfile', 'soxr', 'av')))")
+    rm -rf .whl
+    # shellcheck disable=SC2086
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $specs || exit 1
+    du -sh .whl
+    exit 0 ;;
+  tiny|bench) [ -n "$out" ] || { echo "usage: bash launch/gpu_checks.sh $part OUT_DIR"; exit 2; } ;;
+  *) echo "unknown part $part: expected wheels, tiny or bench"; exit 2 ;;
+esac
+mkdir -p "$out"
+work=$(mktemp -d)
+install_wheels
+
+if [ "$part" = tiny ]; then
+  # The :gpu recipe (batch 64, 16000 steps, lr 4e-4, EMA 0.9995) with 4x4 patches: 4x the tokens of the shipped 8x8
+  # model, 0.62 (depth 2) or 0.92 (depth 3) TFLOP per step. Candidates train side by side on the one GPU.
+  config=configs/train_synthetic_tiny.py:gpu
+  extra=()
+  budget=${TINY_BUDGET_S:-500}
+  if [ "$dry" = 1 ]; then
+    config=configs/train_synthetic_tiny.py:micro; budget=${TINY_BUDGET_S:-300}
+  fi
+  [ -n "${TINY_STEPS:-}" ] && extra+=("--config.train.num_steps=$TINY_STEPS")
+  export XLA_PYTHON_CLIENT_MEM_FRACTION=0.3  # several runs share the GPU
+  names=()
+  for candidate in ${TINY_CANDIDATES:-4:3 4:2}; do
+    name=p${candidate%%:*}d${candidate##*:}
+    names+=("$name")
+    run "$name" "$budget" python3 -m launch.train --config="$config" --workdir="$work/$name" \
+      --config.model.patch_size="${candidate%%:*}" --config.model.depth="${candidate##*:}" "${extra[@]}" &
+  done
+  wait
+  for name in "${names[@]}"; do
+    cp "$out/$name.log" "$work/$name/train.log" 2>/dev/null
+    if [ -d "$work/$name/export" ]; then
+      tar czf - -C "$work/$name" export metrics.jsonl loss_curve.png train.log | split -b 15m - "$out/$name.tgz."
+      note "$name: $(tail -n 1 "$work/$name/metrics.jsonl")"
+      rm -f "$out/$name.log"  # inside the archive
+    else
+      note "$name: no export (see its log)"
+    fi
+  done
+fi
+
+if [ "$part" = bench ]; then
+  card=h100
+  nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -q H200 && card=h200
+  bench=(python3 -m launch.benchmark --config="configs/bench_b1.py:$card" --compare --only=train)
+  model=()
+  frames=40
+  if [ "$dry" = 1 ]; then
+    bench=(python3 -m launch.benchmark --config=configs/bench_cpu.py:short --only=train)
+    model=(--config.model.preset=FLAV-S/8)
+    frames=4
+  fi
+  run train_no_remat 150 "${bench[@]}" --output="$out/train_no_remat.json"
+  run train_dots_saveable 150 "${bench[@]}" --output="$out/train_dots_saveable.json" \
+    --config.model.remat=True --config.model.remat_policy=dots_saveable
+  # End to end: FLAV-B/1 + SD-VAE + HiFi-GAN on random weights of the releases' shapes; the `stages:` line of each
+  # run says which stage limits it. The last run finds its programs in the persistent compilation cache
+  # (config.compilation_cache_dir) that the one before filled: its stages are the steady state.
+  run standins 90 python3 -m launch.make_standins --output_dir="$work/standins" "${model[@]}"
+  for spec in "1 $frames" "4 $frames" "4 $((3 * frames))"; do
+    read -r streams n <<<"$spec"
+    name=sample_${streams}_streams_${n}_frames
+    run "$name" 100 python3 -m launch.sample --config=configs/flav_b1_aist.py \
+      --config.checkpoint="$work/standins/flav" --config.codec.checkpoint="$work/standins/sdvae" \
+      --config.vocoder.checkpoint="$work/standins/vocoder" --config.sample.num_streams="$streams" \
+      --config.sample.num_frames="$n" --config.sample.chunk_frames=20 --output_dir="$work/$name" "${model[@]}"
+    grep -q 'stages:' "$out/$name.log" 2>/dev/null &&
+      note "$name: $(grep -h 'stages:' "$out/$name.log" | sed 's/.*stages:/stages:/')"
+  done
+  for json in "$out"/*.json; do
+    [ -f "$json" ] && note "$(basename "$json"): $(python3 -c "import json, sys
+for r in json.load(open(sys.argv[1])):
+  print(r['measure'], r.get('samples_per_s'), 'samples/s, peak', r.get('peak_gb'), 'GB, compile', r.get('compile_s'), 's')
+" "$json")"
+  done
+fi
+
+rm -rf "$work"
+echo
+echo "summary ($part, $(date -u +%FT%TZ)):"
+printf '  %s\n' "${summary[@]}"
