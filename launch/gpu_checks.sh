@@ -9,16 +9,19 @@
 #   bash launch/gpu_checks.sh bench OUT_DIR    # at most 9.5 min: FLAV-B/1 training without remat and with
 #                                              # dots_saveable, and the whole sampling command at 1 and 4 streams on
 #                                              # stand-in weights (launch.make_standins)
-#   DRY=1 bash launch/gpu_checks.sh tiny /tmp/out   # the same steps at toy sizes on any machine: checks the script
+#   DRY=1 bash launch/gpu_checks.sh tiny /tmp/out   # the same steps at toy sizes, with the requirements installed
+#                                                   # here (tests/test_gpu_checks.py runs it)
 #
 # The machine's image lacks ml_collections, librosa and PyAV: `wheels` downloads them (the versions installed here)
 # into .whl/, which each part installs from when the folder exists (carry it with the call). Each step has its own
-# time limit and a failed step does not stop the others; the last lines printed are a summary. After `tiny`,
+# time limit and a failed step does not stop the others; the last lines printed are a summary. On this workplace's
+# device tool: run(command="bash launch/gpu_checks.sh tiny $OUT", carry=[".whl"], timeout_s=600). After `tiny`,
 # unpack a run here (cat OUT/p4d3.tgz.* | tar xz) and measure it with launch.evaluate (README, shipped model).
 set -uo pipefail
 part=${1:?"usage: bash launch/gpu_checks.sh wheels|tiny|bench [OUT_DIR]"}
 out=${2:-}
 dry=${DRY:-0}
+python=${PYTHON:-python3}  # the interpreter that runs the launchers
 summary=()
 
 note() { summary+=("$*"); echo "== $*"; }
@@ -41,25 +44,25 @@ run() {
 }
 
 install_wheels() {
-  if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  if [ -d .whl ] && [ "$dry" != 1 ]; then  # DRY runs where requirements.txt is installed
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       || exit 1
     export PYTHONPATH=/tmp/site:.
   fi
   export PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-  python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
+  "$python" -c "import jax; print('jax', jax.__version__, jax.devices())"
 }
 
 case $part in
   wheels)
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
-    specs=$(python3 -c "import importlib.metadata as m
+    specs=$("$python" -c "import importlib.metadata as m
 print(' '.join(f'{n}=={m.version(n)}' for n in ('ml_collections', 'librosa', 'audioread', 'decorator', 'pooch',
                                                 'platformdirs', 'soundfile', 'soxr', 'av')))")
     rm -rf .whl
     # shellcheck disable=SC2086
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $specs || exit 1
     du -sh .whl
@@ -86,7 +89,7 @@ if [ "$part" = tiny ]; then
   for candidate in ${TINY_CANDIDATES:-4:3 4:2}; do
     name=p${candidate%%:*}d${candidate##*:}
     names+=("$name")
-    run "$name" "$budget" python3 -m launch.train --config="$config" --workdir="$work/$name" \
+    run "$name" "$budget" "$python" -m launch.train --config="$config" --workdir="$work/$name" \
       --config.model.patch_size="${candidate%%:*}" --config.model.depth="${candidate##*:}" "${extra[@]}" &
   done
   wait
@@ -105,11 +108,11 @@ fi
 if [ "$part" = bench ]; then
   card=h100
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -q H200 && card=h200
-  bench=(python3 -m launch.benchmark --config="configs/bench_b1.py:$card" --compare --only=train)
+  bench=("$python" -m launch.benchmark --config="configs/bench_b1.py:$card" --compare --only=train)
   model=()
   frames=40
   if [ "$dry" = 1 ]; then
-    bench=(python3 -m launch.benchmark --config=configs/bench_cpu.py:short --only=train)
+    bench=("$python" -m launch.benchmark --config=configs/bench_cpu.py:short --only=train)
     model=(--config.model.preset=FLAV-S/8)
     frames=4
   fi
@@ -119,11 +122,11 @@ if [ "$part" = bench ]; then
   # End to end: FLAV-B/1 + SD-VAE + HiFi-GAN on random weights of the releases' shapes; the `stages:` line of each
   # run says which stage limits it. The last run finds its programs in the persistent compilation cache
   # (config.compilation_cache_dir) that the one before filled: its stages are the steady state.
-  run standins 90 python3 -m launch.make_standins --output_dir="$work/standins" "${model[@]}"
+  run standins 90 "$python" -m launch.make_standins --output_dir="$work/standins" "${model[@]}"
   for spec in "1 $frames" "4 $frames" "4 $((3 * frames))"; do
     read -r streams n <<<"$spec"
     name=sample_${streams}_streams_${n}_frames
-    run "$name" 100 python3 -m launch.sample --config=configs/flav_b1_aist.py \
+    run "$name" 100 "$python" -m launch.sample --config=configs/flav_b1_aist.py \
       --config.checkpoint="$work/standins/flav" --config.codec.checkpoint="$work/standins/sdvae" \
       --config.vocoder.checkpoint="$work/standins/vocoder" --config.sample.num_streams="$streams" \
       --config.sample.num_frames="$n" --config.sample.chunk_frames=20 --output_dir="$work/$name" "${model[@]}"
@@ -131,7 +134,7 @@ if [ "$part" = bench ]; then
       note "$name: $(grep -h 'stages:' "$out/$name.log" | sed 's/.*stages:/stages:/')"
   done
   for json in "$out"/*.json; do
-    [ -f "$json" ] && note "$(basename "$json"): $(python3 -c "import json, sys
+    [ -f "$json" ] && note "$(basename "$json"): $("$python" -c "import json, sys
 for r in json.load(open(sys.argv[1])):
   print(r['measure'], r.get('samples_per_s'), 'samples/s, peak', r.get('peak_gb'), 'GB, compile', r.get('compile_s'), 's')
 " "$json")"

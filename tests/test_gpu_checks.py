@@ -1,0 +1,37 @@
+"""launch/gpu_checks.sh, the script a lent GPU runs, at toy sizes (DRY=1): its training part ends in a packed run
+whose export loads, and it refuses unknown parts."""
+import os
+import pathlib
+import subprocess
+import sys
+
+from rflav_jax.convert import release
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(*args, **env):
+  return subprocess.run(["bash", "launch/gpu_checks.sh", *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600, env={**os.environ, "PYTHON": sys.executable, "DRY": "1", **env})
+
+
+def test_tiny_part_packs_a_run_whose_export_loads(tmp_path):
+  result = run_script("tiny", str(tmp_path / "out"), TINY_CANDIDATES="4:2")
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert '  p4d2: {"step": 10' in result.stdout  # the summary: the run's last metrics line
+  parts = sorted((tmp_path / "out").glob("p4d2.tgz.*"))
+  assert parts, sorted(p.name for p in (tmp_path / "out").iterdir())
+  unpacked = tmp_path / "unpacked"
+  unpacked.mkdir()
+  archive = b"".join(part.read_bytes() for part in parts)
+  subprocess.run(["tar", "xz", "-C", str(unpacked)], input=archive, check=True)
+  assert {"export", "metrics.jsonl", "loss_curve.png", "train.log"} <= {p.name for p in unpacked.iterdir()}
+  model, _ = release.load_flav(unpacked / "export")
+  assert (model.patch_size, model.depth) == (4, 2)
+
+
+def test_unknown_part_is_refused(tmp_path):
+  result = run_script("train", str(tmp_path))
+  assert result.returncode == 2 and "unknown part train: expected wheels, tiny or bench" in result.stdout
+  result = run_script("bench")
+  assert result.returncode == 2 and "usage: bash launch/gpu_checks.sh bench OUT_DIR" in result.stdout
