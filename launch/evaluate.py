@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 from rflav_jax import cli
 from rflav_jax.eval import evaluate
+from rflav_jax.train.progress import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sampling config of the model.")
 _MODE = flags.DEFINE_enum("mode", "joint", evaluate.MODES, "What to generate and measure.")
@@ -24,6 +25,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the per-se
 
 def main(argv):
   del argv
+  quiet_library_logs()
   results = evaluate.evaluate(_CONFIG.value, _MODE.value, _SECONDS.value, _SEGMENT.value, _STREAMS.value)
   for result in results:
     print(json.dumps(result))

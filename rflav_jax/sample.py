@@ -26,7 +26,7 @@ from rflav_jax.codecs import audio
 from rflav_jax.codecs.pixel import to_uint8
 from rflav_jax.convert.from_config import build_flav, build_video_codec, build_vocoder
 from rflav_jax.flow.guidance import velocity_for_label
-from rflav_jax.flow.progress import CallProgress, counted
+from rflav_jax.flow.progress import CallProgress, counted, log_frames
 from rflav_jax.flow.sampling import (RollingSampler, check_stochasticity, generate_audio_from_video,
                                      generate_video_from_audio)
 from rflav_jax.media import MediaError, NoAudioTrackError, letterbox, read_audio, read_video
@@ -213,9 +213,7 @@ def _sample_joint(model: FLAV, velocity, labels, codec, vocoder, config, paths, 
         preview_video.extend(video[0, :2 * window - len(preview_video)])
         preview_mel.extend(frames_a[0, :len(preview_video) - len(preview_mel)])
       done += take
-      rate = done / (time.perf_counter() - start)
-      logging.info("frame %d/%d of %d stream(s), %.2f frames/s per stream, ETA %.0f s", done, total, batch, rate,
-                   (total - done) / rate)
+      log_frames(done, total, batch, time.perf_counter() - start)
       yield frames_a[:, :take]
 
   writers = [Mp4Writer(p, fps=FPS, sample_rate=SAMPLE_RATE) for p in paths]

@@ -1,10 +1,14 @@
-"""Figures of bouncing-ball streams: perfect on real clips, poor on noise and on mismatched picture and sound."""
+"""Figures of bouncing-ball streams: perfect on real clips, poor on noise and on mismatched picture and sound;
+generated streams of the asked length, with progress."""
+import logging
+
 import numpy as np
 import pytest
 
 from configs import synthetic_tiny
 from rflav_jax.data import synthetic
-from rflav_jax.eval import evaluate, synthetic_av
+from rflav_jax.eval import evaluate, generate, synthetic_av
+from rflav_jax.models.flav import FLAV, init_params
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +46,14 @@ def test_segments_and_real_mode(clip):
   results = evaluate.evaluate(config, "real", seconds=6, segment_seconds=3, streams=2)
   assert [(r["stream"], r["segment"]) for r in results] == [(0, 0), (0, 1), (1, 0), (1, 1)]
   assert evaluate.summary(results)["height_pitch_r"] > 0.99
+
+
+def test_joint_streams_have_the_asked_length_and_log_progress(caplog):
+  caplog.set_level(logging.INFO)
+  model = FLAV(latent_size=16, patch_size=8, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=3,
+               predict_frames=4, n_mels=256)
+  video, mel = generate.joint(model, init_params(model), 7, streams=2, label=1, chunk_frames=3)
+  assert video.shape == (2, 7, 16, 16, 3) and video.dtype == np.uint8 and mel.shape == (2, 7, 10, 256)
+  progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("frame ")]
+  assert [m.split(",")[0] for m in progress] == [f"frame {n}/7 of 2 stream(s)" for n in (3, 6, 7)]
+  assert progress[-1].endswith("ETA 0.0 s")

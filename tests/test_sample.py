@@ -71,6 +71,7 @@ def test_griffin_lim_stream_writes_every_frame_with_progress_and_bounded_preview
   assert any(m.startswith("network call 1/32 done after") for m in messages)
   assert any(m.startswith("network call 8/32, pre-roll done in") for m in messages)
   assert any(m.startswith("network call 32/32,") and "ETA" in m for m in messages)
+  assert any(m.startswith("frame 10/10 of 1 stream(s),") and m.endswith("ETA 0.0 s") for m in messages)
   # The stage times that say what limits the speed: each stage's share, and the stages add up to the whole.
   stages = next(m for m in messages if m.startswith("stages: "))
   seconds = dict((name, float(s)) for name, s in re.findall(r"(\w[\w ()]*?) ([\d.]+) s \(", stages))

@@ -3,7 +3,10 @@
 reference. Real clips come from data.synthetic with (seed = config.seed + 1, index = stream), so they are never
 the clips a model trained on (seed 0).
 """
+import time
+
 import numpy as np
+from absl import logging
 
 from rflav_jax.convert.from_config import build_flav
 from rflav_jax.data import synthetic
@@ -31,7 +34,7 @@ def evaluate(config, mode: str, seconds: float, segment_seconds: float, streams:
   label = opts.label if model is not None and model.num_classes else None
   common = dict(guidance_scale=opts.guidance_scale, steps_per_frame=opts.steps_per_frame,
                 stochasticity=opts.stochasticity, seed=config.seed, audio_scale=config.audio_scale)
-  results = []
+  results, start = [], time.perf_counter()
   for stream in range(streams):
     if mode == "joint":
       video, mel = generate.joint(model, params, num_frames, label=label, **{**common, "seed": config.seed + stream})
@@ -56,6 +59,9 @@ def evaluate(config, mode: str, seconds: float, segment_seconds: float, streams:
         video = clip.video[:num_frames]
     for index, figures in enumerate(synthetic_av.stream_figures(video, mel, segment)):
       results.append({"mode": mode, "stream": stream, "segment": index, "label": wanted, **figures})
+    elapsed = time.perf_counter() - start
+    logging.info("%s: stream %d/%d measured, %.1f s so far, ETA %.0f s", mode, stream + 1, streams, elapsed,
+                 elapsed / (stream + 1) * (streams - stream - 1))
   return results
 
 

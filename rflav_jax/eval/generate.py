@@ -4,6 +4,8 @@ Frames come back as uint8 video (streams, T, R, R, 3) and mel (streams, T, 10, N
 the layouts `synthetic_av` reads. Labels / guidance: label None for unconditional models; guidance_scale != 1
 applies classifier-free guidance. stochasticity: as in `RollingSampler` (0: plain Euler steps).
 """
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ import numpy as np
 from rflav_jax.codecs.pixel import to_signed_unit, to_uint8
 from rflav_jax.flow import schedule
 from rflav_jax.flow.guidance import velocity_for_label
+from rflav_jax.flow.progress import log_frames
 from rflav_jax.flow.sampling import RollingSampler, Window, generate_audio_from_video, generate_video_from_audio
 from rflav_jax.models.flav import FLAV
 
@@ -26,10 +29,13 @@ def joint(model: FLAV, params, num_frames: int, *, streams: int = 1, label: int 
   init_v = jax.random.normal(key_v, (streams, window, size, size, model.in_channels))
   init_a = jax.random.normal(key_a, (streams, window, model.audio_columns, model.n_mels))
   video, mel = [], []
+  start = time.perf_counter()
   for frames_v, frames_a in sampler.stream(init_v, init_a, key, chunk_frames, labels):
     video.append(to_uint8(frames_v))
     mel.append(np.asarray(frames_a) / audio_scale)
-    if sum(v.shape[1] for v in video) >= num_frames:
+    done = min(sum(v.shape[1] for v in video), num_frames)
+    log_frames(done, num_frames, streams, time.perf_counter() - start)
+    if done >= num_frames:
       break
   return np.concatenate(video, axis=1)[:, :num_frames], np.concatenate(mel, axis=1)[:, :num_frames]
 

@@ -34,6 +34,13 @@ def _duration(seconds: float) -> str:
   return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def log_frames(done: int, total: int, streams: int, seconds: float) -> None:
+  """Logs frames made so far of each stream, the rate since the start and the ETA."""
+  rate = done / seconds
+  logging.info("frame %d/%d of %d stream(s), %.2f frames/s per stream, ETA %s", done, total, streams, rate,
+               _duration((total - done) / rate))
+
+
 class CallProgress:
   """Logs the network calls of one generation: the first (compilation included), the end of the pre-roll,
   then at most every `every_s` seconds and at the end, each with the time per call and an ETA.
