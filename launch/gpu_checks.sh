@@ -7,13 +7,13 @@
 #                                              # side by side (TINY_CANDIDATES, patch:depth, default "4:3 4:2") and
 #                                              # packs each run (export/, metrics, loss curve, log) as OUT_DIR/<name>.tgz.*
 #   bash launch/gpu_checks.sh bench OUT_DIR    # at most 9.5 min: FLAV-B/1 training without remat and with
-#                                              # dots_saveable, and the whole sampling command at 1 and 4 streams on
-#                                              # stand-in weights (launch.make_standins)
+#                                              # dots_saveable (BENCH_TRAIN=0 skips them), and the whole sampling
+#                                              # command at 1 and 4 streams on stand-in weights (launch.make_standins)
 #   DRY=1 bash launch/gpu_checks.sh tiny /tmp/out   # the same steps at toy sizes, with the requirements installed
 #                                                   # here (tests/test_gpu_checks.py runs it)
 #
-# The machine's image lacks ml_collections, librosa and PyAV: `wheels` downloads them (the versions installed here)
-# into .whl/, which each part installs from when the folder exists (carry it with the call). Each step has its own
+# The machine's image lacks ml_collections, librosa (and soundfile's cffi) and PyAV: `wheels` downloads them (the
+# versions installed here) into .whl/, which each part installs from when the folder exists (carry it with the call). Each step has its own
 # time limit and a failed step does not stop the others; the last lines printed are a summary. On this workplace's
 # device tool: run(command="bash launch/gpu_checks.sh tiny $OUT", carry=[".whl"], timeout_s=600). After `tiny`,
 # unpack a run here (cat OUT/p4d3.tgz.* | tar xz) and measure it as the README measures the shipped model:
@@ -61,7 +61,7 @@ case $part in
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
     specs=$("$python" -c "import importlib.metadata as m
 print(' '.join(f'{n}=={m.version(n)}' for n in ('ml_collections', 'librosa', 'audioread', 'decorator', 'pooch',
-                                                'platformdirs', 'soundfile', 'soxr', 'av')))")
+                                                'platformdirs', 'soundfile', 'cffi', 'pycparser', 'soxr', 'av')))")
     rm -rf .whl
     # shellcheck disable=SC2086
     "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -118,13 +118,15 @@ if [ "$part" = bench ]; then
     model=(--config.model.preset=FLAV-S/8)
     frames=4
   fi
-  run train_no_remat 150 "${bench[@]}" --output="$out/train_no_remat.json"
-  run train_dots_saveable 150 "${bench[@]}" --output="$out/train_dots_saveable.json" \
-    --config.model.remat=True --config.model.remat_policy=dots_saveable
+  if [ "${BENCH_TRAIN:-1}" = 1 ]; then  # BENCH_TRAIN=0: the end-to-end runs alone (training measured 2026-11-30)
+    run train_no_remat 150 "${bench[@]}" --output="$out/train_no_remat.json"
+    run train_dots_saveable 150 "${bench[@]}" --output="$out/train_dots_saveable.json" \
+      --config.model.remat=True --config.model.remat_policy=dots_saveable
+  fi
   # End to end: FLAV-B/1 + SD-VAE + HiFi-GAN on random weights of the releases' shapes; the `stages:` line of each
   # run says which stage limits it. The last run finds its programs in the persistent compilation cache
   # (config.compilation_cache_dir) that the one before filled: its stages are the steady state.
-  run standins 90 "$python" -m launch.make_standins --output_dir="$work/standins" "${model[@]}"
+  run standins 180 "$python" -m launch.make_standins --output_dir="$work/standins" "${model[@]}"
   for spec in "1 $frames" "4 $frames" "4 $((3 * frames))"; do
     read -r streams n <<<"$spec"
     name=sample_${streams}_streams_${n}_frames
