@@ -1,7 +1,9 @@
-r"""Train the tiny pixel-space FLAV of synthetic_tiny.py on the built-in bouncing-ball set, on a laptop CPU.
+r"""Train a tiny pixel-space FLAV on the built-in bouncing-ball set: on a laptop CPU, or the shipped model on a GPU.
 
-  python -m launch.train --config=configs/train_synthetic_tiny.py --workdir=workdir/tiny
-  python -m launch.sample --config=configs/synthetic_tiny.py --config.checkpoint=workdir/tiny/export
+  python -m launch.train --config=configs/train_synthetic_tiny.py:gpu --workdir=workdir/gpu   # the shipped model
+  python -m launch.sample --config.checkpoint=workdir/gpu/export
+  python -m launch.train --config=configs/train_synthetic_tiny.py --workdir=workdir/tiny      # CPU: a smaller model
+  python -m launch.sample --config.checkpoint=workdir/tiny/export --config.model.patch_size=8 --config.model.depth=2
   python -m launch.train --config=configs/train_synthetic_tiny.py:micro --workdir=/tmp/micro  # seconds: a smoke test
 
 Sections: model / codec / vocoder / sample / audio_scale / seed as in the sampling config it extends (the
@@ -16,6 +18,10 @@ def get_config(variant: str = ""):
   """variant "" (the CPU recipe), "gpu" (the shipped model's recipe) or "micro" (a few thousand weights, for tests)."""
   config = synthetic_tiny.get_config()
   config.checkpoint = ""  # a converted folder to start from instead of fresh weights (fine-tuning)
+  if variant != "gpu":
+    # The CPU recipe trains the earlier shipped model's size, 8x8 patches and 2 blocks: a quarter of the shipped
+    # model's tokens, so that a 2-core CPU gets through its steps in about 17 minutes (README).
+    config.model.update(patch_size=8, depth=2)
 
   # Data: the bouncing-ball set in memory; each step sees random 10-frame windows of 16-frame clips.
   config.data = ml_collections.ConfigDict(dict(
@@ -50,9 +56,10 @@ def get_config(variant: str = ""):
       export_dtype="float16",  # storage of export/ (loads as float32); keeps the shipped folder under 20 MB
   ))
   if variant == "gpu":
-    # The shipped model's recipe, for one GPU: 8x the batch (the GPU runs batch 64 about as fast as 8), a longer
-    # warm-up, twice the clips and a slower EMA for the longer run. 16000 steps took 196 s on one H200
-    # (82 steps/s, 5200 samples/s), after about a minute making the 4096 clips on the host.
+    # The shipped model's recipe, for one GPU: the shipped size (synthetic_tiny.py), 8x the batch (the GPU runs
+    # batch 64 about as fast as 8), a longer warm-up, twice the clips and a slower EMA for the longer run. 16000
+    # steps took 245 s on one H200 (65 steps/s, 4200 samples/s), after about a minute making the 4096 clips on the
+    # host and 37 s compiling.
     config.data.update(num_clips=4096)
     config.train.update(batch_size=64, num_steps=16000, log_every=100, checkpoint_every=2000)
     config.optim.update(warmup_steps=500)

@@ -10,7 +10,7 @@ def get_config():
     'block_type': 'c',
     'causal_attn': True,
     'class_dropout_prob': 0.1,
-    'depth': 2,
+    'depth': 3,
     'dtype': 'float32',
     'hidden_size': 256,
     'in_channels': 3,
@@ -19,7 +19,7 @@ def get_config():
     'n_mels': 256,
     'num_classes': 3,
     'num_heads': 4,
-    'patch_size': 8,
+    'patch_size': 4,
     'predict_frames': 10,
     'remat': False,
     'remat_policy': 'nothing_saveable'})
