@@ -5,6 +5,7 @@ thresholds sit far from an untrained model's values (which the tests measure too
 figures over 16 streams of 30 s per label (README), by a margin for these 6-second streams: one stream in 48
 there drew its ball with two bars beside it, so a mean over 4 streams must allow one such stream.
 """
+import functools
 import pathlib
 import subprocess
 import sys
@@ -74,6 +75,16 @@ def test_the_label_sets_the_colour_and_the_timbre(shipped, label):
   assert figures["audio_label"] == label
 
 
+@functools.cache
+def conditioned_figures(mode):
+  """Figures of one FRAMES-frame stream of `mode` from the shipped and from an untrained model (each made once)."""
+  config = synthetic_tiny.get_config()
+  (trained,) = evaluate.evaluate(config, mode, seconds=FRAMES / 10, segment_seconds=FRAMES / 10)
+  config.checkpoint = ""
+  (baseline,) = evaluate.evaluate(config, mode, seconds=FRAMES / 10, segment_seconds=FRAMES / 10)
+  return trained, baseline
+
+
 @pytest.mark.parametrize("mode, figure, trained_above, untrained_below", [
     ("audio_to_video", "height_pitch_r", 0.95, 0.3),  # the generated ball's height follows the given pitch
     ("audio_to_video", "click_recall", 0.8, 0.3),  # and it bounces where the given soundtrack clicks
@@ -81,10 +92,7 @@ def test_the_label_sets_the_colour_and_the_timbre(shipped, label):
     ("video_to_audio", "click_precision", 0.8, 0.5),  # and its clicks fall on the given bounces
 ])
 def test_one_modality_follows_the_other(mode, figure, trained_above, untrained_below):
-  config = synthetic_tiny.get_config()
-  (trained,) = evaluate.evaluate(config, mode, seconds=FRAMES / 10, segment_seconds=FRAMES / 10)
-  config.checkpoint = ""
-  (baseline,) = evaluate.evaluate(config, mode, seconds=FRAMES / 10, segment_seconds=FRAMES / 10)
+  trained, baseline = conditioned_figures(mode)
   assert trained[figure] > trained_above and not baseline[figure] > untrained_below
 
 
