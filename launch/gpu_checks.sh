@@ -17,7 +17,8 @@
 # versions installed here) into .whl/, which each part installs from when the folder exists (carry it with the
 # call). Each step has its own time limit and a failed step does not stop the others; the last lines printed are a
 # summary. On this workplace's device tool: run(command="bash launch/gpu_checks.sh tiny $OUT", carry=[".whl"],
-# timeout_s=600). After `tiny`, unpack a run here (cat OUT/p4d3.tgz.* | tar xz) and measure it as the README measures the shipped model:
+# timeout_s=600). After `tiny`, unpack a run here (cat OUT/p4d3.tgz.* | tar xz) and measure it as the README
+# measures the shipped model:
 #   python -m launch.evaluate --config.checkpoint=export --config.model.patch_size=4 --config.model.depth=3 \
 #       --config.sample.label=0 --mode=joint --seconds=30 --streams=16   # 16: a 4-stream mean is uncertain by 0.1
 set -uo pipefail
