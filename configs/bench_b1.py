@@ -5,6 +5,7 @@
   python -m launch.benchmark --config=configs/bench_b1.py --config.model.attention_impl=xla    # "auto": cuDNN on GPUs
   python -m launch.benchmark --config=configs/bench_b1.py --config.model.remat=True --only=train --compare
   python -m launch.benchmark --config=configs/bench_b1.py:h200 --compare                        # on an H200
+  python -m launch.benchmark --config=configs/bench_b1.py --config.train_accumulate_steps=4 --only=train --compare
 
 MFU divides the analytic TFLOP/s by peak_tflops[dtype]; --compare sets our figures beside reference[dtype].
 """
@@ -20,6 +21,8 @@ def get_config(card: str = "h100"):
       remat_policy="nothing_saveable"))
   config.forward_batch = 16
   config.train_batch = 8
+  # Micro-batches per training step (gradient accumulation): the same update in the memory of train_batch / k.
+  config.train_accumulate_steps = 1
   config.streams = 4
   config.steps_per_frame = 2
   config.rolling_frames = 20

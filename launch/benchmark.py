@@ -46,7 +46,7 @@ def main(argv):
       "clip": lambda: benchmarking.clip(model, params, config.streams, config.steps_per_frame, config.clip_frames,
                                         repeats=config.repeats),
       "train": lambda: benchmarking.train_step(model, params, config.train_batch, config.iters, config.warmup,
-                                               config.repeats),
+                                               config.repeats, config.train_accumulate_steps),
   }
   device = jax.devices()[0]
   peak_tflops = config.peak_tflops.get(dtype)

@@ -7,9 +7,10 @@
 #                                              # side by side (TINY_CANDIDATES, patch:depth, default "4:3", the shipped
 #                                              # model's size; 6 min alone) and packs each run (export/, metrics, loss
 #                                              # curve, log) as OUT_DIR/<name>.tgz.*
-#   bash launch/gpu_checks.sh bench OUT_DIR    # at most 9.5 min: FLAV-B/1 training without remat and with
-#                                              # dots_saveable (BENCH_TRAIN=0 skips them), and the whole sampling
-#                                              # command at 1 and 4 streams on stand-in weights (launch.make_standins)
+#   bash launch/gpu_checks.sh bench OUT_DIR    # at most 9.5 min: FLAV-B/1 training without remat in 4 and in 2
+#                                              # micro-batches (BENCH_TRAIN=0 skips them), and the whole sampling
+#                                              # command at 1 and 4 streams on stand-in weights (launch.make_standins;
+#                                              # BENCH_E2E=0 skips it)
 #   DRY=1 bash launch/gpu_checks.sh tiny /tmp/out   # the same steps at toy sizes, with the requirements installed
 #                                                   # here (tests/test_gpu_checks.py runs it)
 #
@@ -117,29 +118,34 @@ if [ "$part" = bench ]; then
   model=()
   frames=40
   if [ "$dry" = 1 ]; then
-    bench=("$python" -m launch.benchmark --config=configs/bench_cpu.py:short --only=train)
+    bench=("$python" -m launch.benchmark --config=configs/bench_cpu.py:short --only=train --config.train_batch=4)
     model=(--config.model.preset=FLAV-S/8)
     frames=4
   fi
-  if [ "${BENCH_TRAIN:-1}" = 1 ]; then  # BENCH_TRAIN=0: the end-to-end runs alone (training measured 2026-11-30)
-    run train_no_remat 150 "${bench[@]}" --output="$out/train_no_remat.json"
-    run train_dots_saveable 150 "${bench[@]}" --output="$out/train_dots_saveable.json" \
-      --config.model.remat=True --config.model.remat_policy=dots_saveable
+  # Training without remat in micro-batches of 2 and of 4 (the batch of 8 as 4 or 2 accumulated micro-batches):
+  # the no-remat step's speed in a fraction of its memory? (No remat and both remat policies: measured 2026-11-27/30.)
+  if [ "${BENCH_TRAIN:-1}" = 1 ]; then  # BENCH_TRAIN=0: the end-to-end runs alone
+    for k in 4 2; do
+      run "train_accumulate_$k" 150 "${bench[@]}" --output="$out/train_accumulate_$k.json" \
+        --config.train_accumulate_steps="$k"
+    done
   fi
   # End to end: FLAV-B/1 + SD-VAE + HiFi-GAN on random weights of the releases' shapes; the `stages:` line of each
   # run says which stage limits it. The last run finds its programs in the persistent compilation cache
   # (config.compilation_cache_dir) that the one before filled: its stages are the steady state.
-  run standins 180 "$python" -m launch.make_standins --output_dir="$work/standins" "${model[@]}"
-  for spec in "1 $frames" "4 $frames" "4 $((3 * frames))"; do
-    read -r streams n <<<"$spec"
-    name=sample_${streams}_streams_${n}_frames
-    run "$name" 100 "$python" -m launch.sample --config=configs/flav_b1_aist.py \
-      --config.checkpoint="$work/standins/flav" --config.codec.checkpoint="$work/standins/sdvae" \
-      --config.vocoder.checkpoint="$work/standins/vocoder" --config.sample.num_streams="$streams" \
-      --config.sample.num_frames="$n" --config.sample.chunk_frames=20 --output_dir="$work/$name" "${model[@]}"
-    grep -q 'stages:' "$out/$name.log" 2>/dev/null &&
-      note "$name: $(grep -h 'stages:' "$out/$name.log" | sed 's/.*stages:/stages:/')"
-  done
+  if [ "${BENCH_E2E:-1}" = 1 ]; then  # BENCH_E2E=0: the training lines alone
+    run standins 180 "$python" -m launch.make_standins --output_dir="$work/standins" "${model[@]}"
+    for spec in "1 $frames" "4 $frames" "4 $((3 * frames))"; do
+      read -r streams n <<<"$spec"
+      name=sample_${streams}_streams_${n}_frames
+      run "$name" 100 "$python" -m launch.sample --config=configs/flav_b1_aist.py \
+        --config.checkpoint="$work/standins/flav" --config.codec.checkpoint="$work/standins/sdvae" \
+        --config.vocoder.checkpoint="$work/standins/vocoder" --config.sample.num_streams="$streams" \
+        --config.sample.num_frames="$n" --config.sample.chunk_frames=20 --output_dir="$work/$name" "${model[@]}"
+      grep -q 'stages:' "$out/$name.log" 2>/dev/null &&
+        note "$name: $(grep -h 'stages:' "$out/$name.log" | sed 's/.*stages:/stages:/')"
+    done
+  fi
   for json in "$out"/*.json; do
     [ -f "$json" ] && note "$(basename "$json"): $("$python" -c "import json, sys
 for r in json.load(open(sys.argv[1])):

@@ -61,9 +61,16 @@ def init_params(model: FLAV, seed: int = 0):
 
 
 def _program_gb(compiled) -> float | None:
-  """Memory a compiled program needs (arguments, outputs and temporaries, XLA's static analysis), GB."""
-  analysis = compiled.memory_analysis()
-  return None if analysis is None else analysis.peak_memory_in_bytes / 1e9
+  """Memory a compiled program needs (arguments, outputs and temporaries, XLA's static analysis), GB.
+
+  XLA:CPU's `peak_memory_in_bytes` counts the arguments alone, so the figure is the larger of it and the sum of
+  arguments, outputs not aliased to them, and temporaries.
+  """
+  a = compiled.memory_analysis()
+  if a is None:
+    return None
+  total = a.argument_size_in_bytes + a.output_size_in_bytes - a.alias_size_in_bytes + a.temp_size_in_bytes
+  return max(a.peak_memory_in_bytes, total) / 1e9
 
 
 def forward(model: FLAV, params, batch: int, iters: int, warmup: int = 2, repeats: int = 3) -> dict:
@@ -106,15 +113,22 @@ def clip(model: FLAV, params, streams: int, steps_per_frame: int, frames: int, r
           "tflop_per_s": streams * evaluations * forward_flops(model) / seconds / 1e12}
 
 
-def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, repeats: int = 3) -> dict:
-  """The trainer's update (rflav_jax.train.step) with the released recipe (RFLAV.md section 4): samples/s, TFLOP/s."""
+def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, repeats: int = 3,
+               accumulate_steps: int = 1) -> dict:
+  """The trainer's update (rflav_jax.train.step) with the released recipe (RFLAV.md section 4): samples/s, TFLOP/s.
+
+  accumulate_steps: micro-batches of batch / accumulate_steps whose gradients are averaged (the trainer's
+  config.train.accumulate_steps): the same update, with the activation memory of one micro-batch.
+  """
+  if accumulate_steps < 1 or batch % accumulate_steps:
+    raise ValueError(f"train_accumulate_steps={accumulate_steps} must divide the training batch {batch}")
   recipe = ml_collections.ConfigDict(dict(
       optim=dict(lr=1e-4, schedule="constant", warmup_steps=0, decay_steps=0, min_lr_ratio=0.0, b1=0.9, b2=0.999,
                  eps=1e-8, weight_decay=0.02, grad_clip=1.0),
       loss=dict(p_rollout=0.8, weighting="logit_normal"), ema=dict(decay=0.9999, warmup=True, power=0.75)))
   optimizer = train_optimizer.make_optimizer(recipe.optim, num_steps=1)
   step = jax.jit(make_train_step(model, optimizer, train_optimizer.learning_rate_schedule(recipe.optim, 1),
-                                 recipe.loss, ema_decay_fn(recipe.ema)), donate_argnums=0)
+                                 recipe.loss, ema_decay_fn(recipe.ema), accumulate_steps), donate_argnums=0)
   v, a, _, y = _inputs(model, batch, jax.random.key(4))
   data = {"video": v, "mel": a, "label": jnp.zeros((batch,), jnp.int32) if y is None else y}
   state = [jax.jit(create_train_state, static_argnums=1)(params, optimizer, jax.random.PRNGKey(5))]
@@ -125,7 +139,8 @@ def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, rep
     return metrics["loss"]
 
   seconds = _median_seconds(run, iters, warmup, repeats)
-  return {"batch": batch, "remat": model.remat, "samples_per_s": batch / seconds,
+  return {"batch": batch, "accumulate_steps": accumulate_steps, "remat": model.remat,
+          "remat_policy": model.remat_policy if model.remat else None, "samples_per_s": batch / seconds,
           "tflop_per_s": train_step_flops(model, batch) / seconds / 1e12, "program_gb": _program_gb(compiled)}
 
 
