@@ -8,9 +8,12 @@ Prints one JSON line per measurement and writes them all to --output. Each line 
 figure, analytic TFLOP/s and MFU against config.peak_tflops[dtype], peak memory, and the seconds spent
 tracing, lowering and compiling every program (config.compilation_cache_dir: a persistent compilation
 cache, so a second run compiles nothing). --compare prints our figures beside config.reference[dtype].
+--profile_dir=DIR also traces each measurement's timed calls (after timing them) into DIR/<measurement> and
+prints where their time went, by kind of operation (rflav_jax.profiling; TensorBoard or Perfetto open the traces).
 Record results with the machine in docs/PERFORMANCE.md.
 """
 import json
+import os
 
 import jax
 from absl import flags
@@ -19,12 +22,14 @@ from ml_collections import config_flags
 from rflav_jax import benchmarking
 from rflav_jax import cli
 from rflav_jax import compilation_cache
+from rflav_jax import profiling
 from rflav_jax.models.flav import flav_from_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_cpu.py", "Benchmark config file.")
 _OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 _ONLY = flags.DEFINE_list("only", ["matmul", "forward", "rolling", "clip", "train"], "Measurements to run.")
 _COMPARE = flags.DEFINE_bool("compare", False, "Print our figures beside the config's reference figures.")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Optional folder for a profile of each measurement.")
 
 
 def main(argv):
@@ -52,10 +57,16 @@ def main(argv):
   peak_tflops = config.peak_tflops.get(dtype)
   results = []
   for name in _ONLY.value:
+    profile_dir = os.path.join(_PROFILE_DIR.value, name) if _PROFILE_DIR.value else None
     result = {"measure": name, "device": device.device_kind, "devices": jax.device_count(), "jax": jax.__version__,
-              "dtype": dtype, "attention_impl": config.model.attention_impl, **benchmarking.measure(measurements[name])}
+              "dtype": dtype, "attention_impl": config.model.attention_impl,
+              **benchmarking.measure(measurements[name], profile_dir)}
     result.update(peak_tflops=peak_tflops, mfu=result["tflop_per_s"] / peak_tflops if peak_tflops else None)
     print(json.dumps(result), flush=True)
+    if "profile" in result:
+      print(f"profile of {name} (traces in {profile_dir}):\n{profiling.report(result['profile'])}", flush=True)
+    elif profile_dir:
+      print(f"no profile of {name}: {result['profile_error']}", flush=True)
     results.append(result)
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:

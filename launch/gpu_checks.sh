@@ -7,8 +7,9 @@
 #                                              # side by side (TINY_CANDIDATES, patch:depth, default "4:3", the shipped
 #                                              # model's size; 6 min alone) and packs each run (export/, metrics, loss
 #                                              # curve, log) as OUT_DIR/<name>.tgz.*
-#   bash launch/gpu_checks.sh bench OUT_DIR    # at most 9.5 min: FLAV-B/1 training without remat in 4 and in 2
-#                                              # micro-batches (BENCH_TRAIN=0 skips them), and the whole sampling
+#   bash launch/gpu_checks.sh bench OUT_DIR    # at most 9.5 min: FLAV-B/1 training without remat in 8 and in 4
+#                                              # micro-batches, profiles of training and of the forward pass
+#                                              # (BENCH_TRAIN=0 skips these; 5 min), and the whole sampling
 #                                              # command at 1 and 4 streams on stand-in weights (launch.make_standins;
 #                                              # BENCH_E2E=0 skips it)
 #   DRY=1 bash launch/gpu_checks.sh tiny /tmp/out   # the same steps at toy sizes, with the requirements installed
@@ -114,20 +115,28 @@ fi
 if [ "$part" = bench ]; then
   card=h100
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -q H200 && card=h200
-  bench=("$python" -m launch.benchmark --config="configs/bench_b1.py:$card" --compare --only=train)
+  bench=("$python" -m launch.benchmark --config="configs/bench_b1.py:$card" --compare)
   model=()
   frames=40
   if [ "$dry" = 1 ]; then
-    bench=("$python" -m launch.benchmark --config=configs/bench_cpu.py:short --only=train --config.train_batch=4)
+    bench=("$python" -m launch.benchmark --config=configs/bench_cpu.py:short --config.train_batch=8)
     model=(--config.model.preset=FLAV-S/8)
     frames=4
   fi
-  # Training without remat in micro-batches of 2 and of 4 (the batch of 8 as 4 or 2 accumulated micro-batches):
-  # the no-remat step's speed in a fraction of its memory? (No remat and both remat policies: measured 2026-11-27/30.)
+  # Training without remat, the batch of 8 as 8 or 4 accumulated micro-batches of 1 or 2: the no-remat step's speed
+  # in a fraction of its memory? (No remat and both remat policies: measured 2026-11-27 and 2026-11-30.) Then where
+  # the time of a training step and of a forward pass goes: profiles by kind of kernel (rflav_jax.profiling), their
+  # Perfetto traces copied to OUT_DIR/profile_<measure>.json.gz.
   if [ "${BENCH_TRAIN:-1}" = 1 ]; then  # BENCH_TRAIN=0: the end-to-end runs alone
-    for k in 4 2; do
-      run "train_accumulate_$k" 150 "${bench[@]}" --output="$out/train_accumulate_$k.json" \
-        --config.train_accumulate_steps="$k"
+    run train_accumulate_8 150 "${bench[@]}" --only=train --output="$out/train_accumulate_8.json" \
+      --config.train_accumulate_steps=8 --profile_dir="$work/profile"
+    run train_accumulate_4 150 "${bench[@]}" --only=train --output="$out/train_accumulate_4.json" \
+      --config.train_accumulate_steps=4
+    run forward_profile 90 "${bench[@]}" --only=forward --output="$out/forward_profile.json" \
+      --profile_dir="$work/profile"
+    for measure in train forward; do
+      trace=$(find "$work/profile/$measure" -name perfetto_trace.json.gz 2>/dev/null | head -n 1)
+      [ -n "$trace" ] && cp "$trace" "$out/profile_$measure.json.gz"
     done
   fi
   # End to end: FLAV-B/1 + SD-VAE + HiFi-GAN on random weights of the releases' shapes; the `stages:` line of each
@@ -150,6 +159,9 @@ if [ "$part" = bench ]; then
     [ -f "$json" ] && note "$(basename "$json"): $("$python" -c "import json, sys
 for r in json.load(open(sys.argv[1])):
   print(r['measure'], r.get('samples_per_s'), 'samples/s, peak', r.get('peak_gb'), 'GB, compile', r.get('compile_s'), 's')
+  if 'profile' in r:
+    total = r['profile']['total_ms']
+    print('  profile:', ', '.join(f'{k} {ms / total:.1%}' for k, ms in r['profile']['kinds'].items()), f'of {total:.0f} ms')
 " "$json")"
   done
 fi

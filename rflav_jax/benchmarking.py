@@ -3,9 +3,11 @@
 Each measurement compiles first, runs `warmup` untimed iterations, then times `iters` iterations ending in
 `block_until_ready`, and reports the median of `repeats` such timings. FLOPs are counted analytically
 (`rflav_jax.models.flops`; XLA's cost analysis leaves out library GEMMs on GPUs). `measure` adds to any
-measurement the time spent tracing, lowering and compiling its programs, and its peak memory.
+measurement the time spent tracing, lowering and compiling its programs, and its peak memory, and with
+`profile_dir` a profile of the timed calls (`rflav_jax.profiling`), traced after the timing.
 """
 import contextlib
+import contextvars
 import statistics
 import time
 from typing import Callable
@@ -14,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from rflav_jax import profiling
 from rflav_jax.flow.guidance import model_velocity
 from rflav_jax.flow.sampling import RollingSampler, Window
 from rflav_jax.models.flav import FLAV
@@ -30,6 +33,8 @@ _COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
                    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
                    "/jax/core/compile/backend_compile_duration": "compile_s"}
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+# Where `_median_seconds` leaves (run, iters) of what it timed when `measure` is to profile it (else None).
+_TIMED = contextvars.ContextVar("timed", default=None)
 
 
 def _median_seconds(run: Callable[[], object], iters: int, warmup: int, repeats: int) -> float:
@@ -43,6 +48,8 @@ def _median_seconds(run: Callable[[], object], iters: int, warmup: int, repeats:
       out = run()
     jax.block_until_ready(out)
     times.append((time.perf_counter() - start) / iters)
+  if (timed := _TIMED.get()) is not None:
+    timed.append((run, iters))
   return statistics.median(times)
 
 
@@ -237,10 +244,27 @@ def peak_memory():
     info.update(peak_gb=None, peak_memory="unavailable")
 
 
-def measure(run: Callable[[], dict]) -> dict:
-  """run()'s result with the cost of making its programs (`compile_log`) and its peak memory (`peak_memory`)."""
-  with compile_log() as compiles, peak_memory() as memory:
-    result = run()
+def measure(run: Callable[[], dict], profile_dir: str | None = None) -> dict:
+  """run()'s result with the cost of making its programs (`compile_log`) and its peak memory (`peak_memory`).
+
+  profile_dir: after timing, the timed calls run once more under `jax.profiler` into this folder, and the result
+  gains "profile", `profiling.summarize` of that trace (the timing itself is not profiled), or "profile_error"
+  where no profile could be taken (the measured figures are kept).
+  """
+  timed = []
+  token = _TIMED.set(timed if profile_dir is not None else None)
+  try:
+    with compile_log() as compiles, peak_memory() as memory:
+      result = run()
+  finally:
+    _TIMED.reset(token)
+  if profile_dir is not None:
+    try:
+      for timed_run, iters in timed:
+        profiling.capture(timed_run, iters, profile_dir)
+      result["profile"] = profiling.summarize(profile_dir)
+    except Exception as error:  # pylint: disable=broad-except  # a profiler that fails must not lose the figures
+      result["profile_error"] = f"{type(error).__name__}: {error}"
   return {**result, **compiles, **memory}
 
 

@@ -80,6 +80,21 @@ def test_training_in_micro_batches_needs_less_memory():
     benchmarking.train_step(model, params, 4, iters=1, accumulate_steps=3)
 
 
+def test_a_profile_follows_the_timing_and_a_failed_one_keeps_the_figures(tmp_path, monkeypatch):
+  matmul = lambda: benchmarking.matmul(jnp.float32, 256, iters=2, warmup=1, repeats=1)
+  profiled = benchmarking.measure(matmul, str(tmp_path / "ok"))
+  assert profiled["tflop_per_s"] > 0 and profiled["profile"]["top"][0][1] == "matmul"
+  assert profiled["profile"]["top"][0][3] == 2  # the 2 timed calls, traced again after the timing
+
+  def no_profiler(*args):
+    raise RuntimeError("CUPTI is not available")
+
+  monkeypatch.setattr(benchmarking.profiling, "capture", no_profiler)
+  failed = benchmarking.measure(matmul, str(tmp_path / "failed"))
+  assert failed["tflop_per_s"] > 0 and "profile" not in failed
+  assert failed["profile_error"] == "RuntimeError: CUPTI is not available"
+
+
 def _benchmark(*flags):
   result = subprocess.run([sys.executable, "-m", "launch.benchmark", "--config=configs/bench_cpu.py:short", *flags],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -102,7 +117,11 @@ def test_benchmark_command_reports_flops_mfu_compile_times_and_memory(tmp_path):
   assert results["clip"]["frames_per_s"] > 0
   assert results["train"]["samples_per_s"] > 0 and results["train"]["program_gb"] > 0
   assert "reference: none given" in stdout and "ours / reference" in stdout
-  # A second run of the same programs loads them from the persistent compilation cache.
-  again = json.loads(_benchmark("--only=forward", f"--config.compilation_cache_dir={cache}",
-                                "--config.model.attention_impl=xla").splitlines()[-1])
+  # A second run of the same programs loads them from the persistent compilation cache; --profile_dir traces the
+  # timed calls after timing them and says where their time went.
+  stdout = _benchmark("--only=forward", f"--config.compilation_cache_dir={cache}", "--config.model.attention_impl=xla",
+                      f"--profile_dir={tmp_path / 'profile'}")
+  again = json.loads(next(line for line in stdout.splitlines() if line.startswith("{")))
   assert again["cache_hits"] >= 1 and again["compile_s"] < results["forward"]["compile_s"]
+  assert again["profile"]["kinds"]["matmul"] > 0 and f"profile of forward (traces in {tmp_path / 'profile'}" in stdout
+  assert list((tmp_path / "profile" / "forward").glob("**/perfetto_trace.json.gz"))

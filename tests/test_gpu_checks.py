@@ -37,11 +37,13 @@ def test_unknown_part_is_refused(tmp_path):
   assert result.returncode == 2 and "usage: bash launch/gpu_checks.sh bench OUT_DIR" in result.stdout
 
 
-def test_bench_part_measures_training_in_micro_batches(tmp_path):
+def test_bench_part_measures_training_in_micro_batches_and_profiles(tmp_path):
   result = run_script("bench", str(tmp_path / "out"), BENCH_E2E="0")
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   summary = result.stdout.split("summary (bench")[1]
-  for k in (4, 2):
+  for k in (8, 4):
     assert f"train_accumulate_{k}: exit 0" in summary
     assert f"train_accumulate_{k}.json: train " in summary and "samples/s, peak" in summary
+  assert "forward_profile: exit 0" in summary and summary.count("profile: attention") == 2  # training, forward
+  assert {p.name for p in (tmp_path / "out").glob("profile_*")} == {"profile_train.json.gz", "profile_forward.json.gz"}
   assert "sample_" not in summary  # BENCH_E2E=0: no end-to-end runs
