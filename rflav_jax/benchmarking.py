@@ -33,6 +33,8 @@ _COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
                    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
                    "/jax/core/compile/backend_compile_duration": "compile_s"}
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+# Calls traced by a profile at most: enough for the shares, and a B/1 training trace stays a few MB.
+PROFILED_CALLS = 3
 # Where `_median_seconds` leaves (run, iters) of what it timed when `measure` is to profile it (else None).
 _TIMED = contextvars.ContextVar("timed", default=None)
 
@@ -247,9 +249,9 @@ def peak_memory():
 def measure(run: Callable[[], dict], profile_dir: str | None = None) -> dict:
   """run()'s result with the cost of making its programs (`compile_log`) and its peak memory (`peak_memory`).
 
-  profile_dir: after timing, the timed calls run once more under `jax.profiler` into this folder, and the result
-  gains "profile", `profiling.summarize` of that trace (the timing itself is not profiled), or "profile_error"
-  where no profile could be taken (the measured figures are kept).
+  profile_dir: after timing, the timed calls (PROFILED_CALLS at most) run again under `jax.profiler` into this
+  folder, and the result gains "profile", `profiling.summarize` of that trace (the timing itself is not
+  profiled), or "profile_error" where no profile could be taken (the measured figures are kept).
   """
   timed = []
   token = _TIMED.set(timed if profile_dir is not None else None)
@@ -261,7 +263,7 @@ def measure(run: Callable[[], dict], profile_dir: str | None = None) -> dict:
   if profile_dir is not None:
     try:
       for timed_run, iters in timed:
-        profiling.capture(timed_run, iters, profile_dir)
+        profiling.capture(timed_run, min(iters, PROFILED_CALLS), profile_dir)
       result["profile"] = profiling.summarize(profile_dir)
     except Exception as error:  # pylint: disable=broad-except  # a profiler that fails must not lose the figures
       result["profile_error"] = f"{type(error).__name__}: {error}"
