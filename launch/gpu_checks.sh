@@ -8,8 +8,9 @@
 #                                              # model's size; 6 min alone) and packs each run (export/, metrics, loss
 #                                              # curve, log) as OUT_DIR/<name>.tgz.*
 #   bash launch/gpu_checks.sh bench OUT_DIR    # at most 9.5 min: FLAV-B/1 training without remat in 8 and in 4
-#                                              # micro-batches, profiles of training and of the forward pass
-#                                              # (BENCH_TRAIN=0 skips these; 5 min), and the whole sampling
+#                                              # micro-batches (4 also with region-based copy insertion),
+#                                              # profiles of training and of the forward pass (BENCH_TRAIN=0 skips
+#                                              # these; 7 min), and the whole sampling
 #                                              # command at 1 and 4 streams on stand-in weights (launch.make_standins;
 #                                              # BENCH_E2E=0 skips it)
 #   DRY=1 bash launch/gpu_checks.sh tiny /tmp/out   # the same steps at toy sizes, with the requirements installed
@@ -132,6 +133,10 @@ if [ "$part" = bench ]; then
       --config.train_accumulate_steps=8 --profile_dir="$work/profile"
     run train_accumulate_4 150 "${bench[@]}" --only=train --output="$out/train_accumulate_4.json" \
       --config.train_accumulate_steps=4
+    # The same with XLA's region-based copy insertion, which on CPUs updates the donated state in place
+    # (rflav_jax.train.step.COMPILER_OPTIONS): does the GPU's option save the state's copies (up to 3 x 1.3 GB)?
+    run train_accumulate_4_region 150 env XLA_FLAGS=--xla_gpu_copy_insertion_use_region_analysis=true \
+      "${bench[@]}" --only=train --output="$out/train_accumulate_4_region.json" --config.train_accumulate_steps=4
     run forward_profile 90 "${bench[@]}" --only=forward --output="$out/forward_profile.json" \
       --profile_dir="$work/profile"
     for measure in train forward; do

@@ -23,7 +23,7 @@ from rflav_jax.models.flav import FLAV
 from rflav_jax.models.flops import forward_flops, train_step_flops
 from rflav_jax.train import optimizer as train_optimizer
 from rflav_jax.train.state import create_train_state, ema_decay_fn
-from rflav_jax.train.step import make_train_step
+from rflav_jax.train.step import COMPILER_OPTIONS, make_train_step
 
 # The headline figure of each measurement and its name in a reference (config.reference.<dtype>).
 HEADLINE = {"forward": "samples_per_s", "rolling": "frames_per_s", "clip": "frames_per_s", "train": "samples_per_s",
@@ -137,7 +137,8 @@ def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, rep
       loss=dict(p_rollout=0.8, weighting="logit_normal"), ema=dict(decay=0.9999, warmup=True, power=0.75)))
   optimizer = train_optimizer.make_optimizer(recipe.optim, num_steps=1)
   step = jax.jit(make_train_step(model, optimizer, train_optimizer.learning_rate_schedule(recipe.optim, 1),
-                                 recipe.loss, ema_decay_fn(recipe.ema), accumulate_steps), donate_argnums=0)
+                                 recipe.loss, ema_decay_fn(recipe.ema), accumulate_steps), donate_argnums=0,
+                 compiler_options=COMPILER_OPTIONS)
   v, a, _, y = _inputs(model, batch, jax.random.key(4))
   data = {"video": v, "mel": a, "label": jnp.zeros((batch,), jnp.int32) if y is None else y}
   state = [jax.jit(create_train_state, static_argnums=1)(params, optimizer, jax.random.PRNGKey(5))]

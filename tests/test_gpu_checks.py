@@ -44,6 +44,7 @@ def test_bench_part_measures_training_in_micro_batches_and_profiles(tmp_path):
   for k in (8, 4):
     assert f"train_accumulate_{k}: exit 0" in summary
     assert f"train_accumulate_{k}.json: train " in summary and "samples/s, peak" in summary
+  assert "train_accumulate_4_region: exit 0" in summary
   assert "forward_profile: exit 0" in summary and summary.count("profile: attention") == 2  # training, forward
   assert {p.name for p in (tmp_path / "out").glob("profile_*")} == {"profile_train.json.gz", "profile_forward.json.gz"}
   assert "sample_" not in summary  # BENCH_E2E=0: no end-to-end runs

@@ -28,7 +28,7 @@ from rflav_jax.models.flav import FLAV, dummy_inputs, flav_args, flav_from_confi
 from rflav_jax.train import checkpointing, input as train_input, optimizer as optim, parallel
 from rflav_jax.train.progress import Progress, quiet_library_logs
 from rflav_jax.train.state import TrainState, create_train_state, ema_decay_fn
-from rflav_jax.train.step import make_train_step
+from rflav_jax.train.step import COMPILER_OPTIONS, make_train_step
 
 
 class NonFiniteError(FloatingPointError):
@@ -157,7 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   step_fn = jax.jit(
       make_train_step(model, optimizer, schedule, config.loss, ema_decay_fn(config.ema), train.accumulate_steps),
       in_shardings=(shardings, parallel.batch_sharding(mesh)),
-      out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+      out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0, compiler_options=COMPILER_OPTIONS)
 
   progress = Progress(workdir, first_step, train.num_steps, train.batch_size,
                       flops.train_step_flops(model, train.batch_size), train.peak_tflops_per_device * 1e12 *
