@@ -135,7 +135,7 @@ if [ "$part" = bench ]; then
       --config.train_accumulate_steps=4
     # The same with XLA's region-based copy insertion, which on CPUs updates the donated state in place
     # (rflav_jax.train.step.COMPILER_OPTIONS): does the GPU's option save the state's copies (up to 3 x 1.3 GB)?
-    run train_accumulate_4_region 150 env XLA_FLAGS=--xla_gpu_copy_insertion_use_region_analysis=true \
+    run train_accumulate_4_region 150 env XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_copy_insertion_use_region_analysis=true" \
       "${bench[@]}" --only=train --output="$out/train_accumulate_4_region.json" --config.train_accumulate_steps=4
     run forward_profile 90 "${bench[@]}" --only=forward --output="$out/forward_profile.json" \
       --profile_dir="$work/profile"

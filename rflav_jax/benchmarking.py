@@ -36,6 +36,7 @@ _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 # Calls traced by a profile at most: enough for the shares, and a B/1 training trace stays a few MB.
 PROFILED_CALLS = 3
 # Where `_median_seconds` leaves (run, iters) of what it timed when `measure` is to profile it (else None).
+# A measurement times one program loop, so `measure` profiles the last entry.
 _TIMED = contextvars.ContextVar("timed", default=None)
 
 
@@ -263,7 +264,8 @@ def measure(run: Callable[[], dict], profile_dir: str | None = None) -> dict:
     _TIMED.reset(token)
   if profile_dir is not None:
     try:
-      for timed_run, iters in timed:
+      if timed:
+        timed_run, iters = timed[-1]
         profiling.capture(timed_run, min(iters, PROFILED_CALLS), profile_dir)
       result["profile"] = profiling.summarize(profile_dir)
     except Exception as error:  # pylint: disable=broad-except  # a profiler that fails must not lose the figures
