@@ -1,5 +1,6 @@
 """The CPU paths compute the same function: looped attention (one sequence and head at a time) is XLA's
-attention, and token-wise work in chunks (`layers.in_chunks`) is the whole computation."""
+attention, token-wise work in chunks (`layers.in_chunks`) is the whole computation, and Linear layers whose weight
+gradient multiplies a transposed input (`layers.cpu_linear_dot`) have XLA's values and gradients."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,3 +88,46 @@ def test_flav_in_chunks_has_the_same_parameters_outputs_and_gradients(monkeypatc
   for out_chunked, out_whole in zip(chunked[1], whole[1]):
     assert rel_l2(out_chunked, out_whole) < 1e-5  # float32 rounding; a wrong cut would be O(1)
   jax.tree.map(lambda g1, g2: np.testing.assert_array_less(rel_l2(g1, g2), 1e-4), chunked[2], whole[2])
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+def test_cpu_linear_dot_has_xla_values_and_gradients(dtype, tolerance):
+  x, w = (jax.random.normal(key, shape, dtype) for key, shape in zip(jax.random.split(jax.random.key(5)),
+                                                                      [(3, 5, 8), (8, 6)]))
+  plain = (((2,), (0,)), ((), ()))
+  ours = lambda x, w: layers.cpu_linear_dot(x, w, plain)
+  xla = lambda x, w: jax.lax.dot_general(x, w, plain)
+  cosine = lambda f: lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) * jnp.cos(jnp.arange(18.0).reshape(3, 1, 6)))
+  assert ours(x, w).dtype == dtype
+  np.testing.assert_array_equal(np.asarray(ours(x, w), np.float32), np.asarray(xla(x, w), np.float32))
+  for got, want in zip(jax.grad(cosine(ours), (0, 1))(x, w), jax.grad(cosine(xla), (0, 1))(x, w)):
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape
+    assert rel_l2(got, want) < tolerance
+  # Any other contraction is lax.dot_general's own.
+  other = (((0,), (1,)), ((), ()))
+  y = jax.random.normal(jax.random.key(6), (4, 3), dtype)
+  np.testing.assert_array_equal(layers.cpu_linear_dot(x, y, other), jax.lax.dot_general(x, y, other))
+
+
+def test_flav_with_transposed_weight_gradients_has_the_same_gradients_and_no_first_axis_contraction(monkeypatch):
+  """The CPU's Linear layers give XLA's gradients, and no GEMM of the compiled gradient contracts over its left
+  operand's first axis (the form XLA:CPU runs through Eigen instead of YNNPACK)."""
+  model = flav.FLAV(latent_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2,
+                    num_classes=2, predict_frames=4, n_mels=16, causal_attn=True)
+  v, a, t, y = tiny_inputs(model, jax.random.key(3))
+  params = random_params(model, jax.random.key(4))
+
+  def gradients():
+    loss = lambda p: sum(jnp.sum(o * jnp.cos(jnp.arange(o.size).reshape(o.shape)))
+                         for o in model.apply({"params": p}, v, a, t, y))
+    compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+    first_axis = [line for line in compiled.as_text().splitlines()
+                  if " dot(" in line and "lhs_contracting_dims={0}" in line]
+    return compiled(params), first_axis
+
+  monkeypatch.setattr(layers, "CPU_TRANSPOSED_WEIGHT_GRADIENTS", False)
+  want, xla_first_axis = gradients()
+  monkeypatch.setattr(layers, "CPU_TRANSPOSED_WEIGHT_GRADIENTS", True)
+  got, ours_first_axis = gradients()
+  assert xla_first_axis and not ours_first_axis
+  jax.tree.map(lambda g1, g2: np.testing.assert_array_less(rel_l2(g1, g2), 1e-5), got, want)
