@@ -9,7 +9,9 @@ JSON trace); `summarize(folder)` reads the Perfetto trace back and sums the time
   elementwise  the other fusions,
   other        everything else.
 On GPUs the sums are of the kernels on the device's streams (device time); on CPUs of the operations the
-runtime ran on all its threads (thread time: on 2 cores up to twice the wall time).
+runtime ran on all its threads (thread time: on 2 cores up to twice the wall time). On CPUs a dot that XLA runs
+through Eigen instead of YNNPACK (e.g. one contracting over its operands' first axes) is asynchronous: its event
+spans only the dispatch, and its time shows up in the operations that ran beside it.
 """
 import collections
 import gzip

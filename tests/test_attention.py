@@ -131,3 +131,20 @@ def test_flav_with_transposed_weight_gradients_has_the_same_gradients_and_no_fir
   got, ours_first_axis = gradients()
   assert xla_first_axis and not ours_first_axis
   jax.tree.map(lambda g1, g2: np.testing.assert_array_less(rel_l2(g1, g2), 1e-5), got, want)
+
+
+@pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
+def test_cpu_linear_dot_gradients_inside_shard_map_and_on_a_sharded_mesh_are_xlas(axis_type):
+  """The sampler's guidance takes gradients inside `jax.shard_map`, where x varies over the streams and the weights
+  do not; on an explicitly sharded mesh the weight gradient's contraction is over a sharded axis."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("streams",), axis_types=(getattr(jax.sharding.AxisType,
+                                                                                      axis_type),))
+  x = jax.device_put(jax.random.normal(jax.random.key(0), (4, 8)), jax.NamedSharding(mesh, jax.P("streams")))
+  w = jax.device_put(jax.random.normal(jax.random.key(1), (8, 5)), jax.NamedSharding(mesh, jax.P()))
+  plain = (((1,), (0,)), ((), ()))
+  gradients = lambda dot: jax.grad(lambda x, w: jnp.sum(jnp.sin(dot(x, w, plain))), (0, 1))
+  in_shard_map = lambda dot: jax.jit(jax.shard_map(gradients(dot), mesh=mesh, in_specs=(jax.P("streams"), jax.P()),
+                                                   out_specs=(jax.P("streams"), jax.P())))
+  want = jax.jit(gradients(jax.lax.dot_general))(x, w)
+  for got in (in_shard_map(layers.cpu_linear_dot)(x, w), jax.jit(gradients(layers.cpu_linear_dot))(x, w)):
+    jax.tree.map(lambda g1, g2: np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6), got, want)

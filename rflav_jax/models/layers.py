@@ -56,13 +56,21 @@ def _matmul_bwd(residuals, dy):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def _sharded_in_its_type(x: jax.Array) -> bool:
+  """Whether x's type names mesh axes: inside `jax.shard_map` (manual axes) or on an explicitly sharded mesh."""
+  mesh = getattr(jax.typeof(x).sharding, "mesh", None)
+  return any(axis_type != jax.sharding.AxisType.Auto for axis_type in getattr(mesh, "axis_types", ()))
+
+
 def cpu_linear_dot(x, w, dimension_numbers, precision=None, preferred_element_type=None):
   """`nn.Dense`'s dot_general on CPUs: x @ w as XLA computes it, with the weight gradient (K, N) = x^T dy from a
   transposed copy of x (rows, K) -> (K, rows). Measured on the issue-10 CPU training step (2 cores): 11% faster,
   since every GEMM of the step then runs through YNNPACK (docs/PERFORMANCE.md, 2026-11-30). Any other
-  contraction, precision or result type goes to `lax.dot_general` unchanged."""
+  contraction, precision or result type goes to `lax.dot_general` unchanged, and so does x sharded in its type:
+  inside `jax.shard_map` (the sampler's, which takes no weight gradient) the weights' gradient would need a sum over
+  the manual axes, and on an explicitly sharded mesh an output sharding; the trainer's mesh is automatic."""
   plain = dimension_numbers == (((x.ndim - 1,), (0,)), ((), ())) and w.ndim == 2
-  if not plain or precision is not None or preferred_element_type is not None:
+  if not plain or precision is not None or preferred_element_type is not None or _sharded_in_its_type(x):
     return jax.lax.dot_general(x, w, dimension_numbers, precision, preferred_element_type=preferred_element_type)
   return _matmul(x, w)
 
