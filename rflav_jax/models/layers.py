@@ -49,6 +49,8 @@ def _matmul_bwd(residuals, dy):
   rows = x.reshape(-1, x.shape[-1])
   # The barrier keeps the transpose: XLA would fold it into the GEMM as a contraction over x's first axis, which
   # XLA:CPU runs through Eigen beside (and slowed by) the other GEMMs instead of through YNNPACK.
+  # XLA still fuses x's cheap producer (LayerNorm and modulation) into the copy, which then recomputes it
+  # (docs/PERFORMANCE.md, 2026-11-30, fourth session).
   dw = jax.lax.optimization_barrier(rows.T) @ dy.reshape(-1, dy.shape[-1])
   return dy @ w.T, dw
 
