@@ -5,7 +5,7 @@ r"""Measures FLAV speed on this machine's devices: matmul ceiling, forward, roll
   python -m launch.benchmark --config=configs/bench_cpu.py:short    # seconds: the CI run
 
 Prints one JSON line per measurement and writes them all to --output. Each line holds the headline
-figure, analytic TFLOP/s and MFU against config.peak_tflops[dtype], peak memory, and the seconds spent
+figure (the median of config.repeats timings, each of them in repeat_seconds), analytic TFLOP/s and MFU against config.peak_tflops[dtype], peak memory, and the seconds spent
 tracing, lowering and compiling every program (config.compilation_cache_dir: a persistent compilation
 cache, so a second run compiles nothing). --compare prints our figures beside config.reference[dtype].
 --profile_dir=DIR also traces each measurement's timed calls (after timing them) into DIR/<measurement> and

@@ -1,7 +1,8 @@
 """Speed measurements of FLAV on the available devices (RFLAV.md section 6 measures the official code likewise).
 
 Each measurement compiles first, runs `warmup` untimed iterations, then times `iters` iterations ending in
-`block_until_ready`, and reports the median of `repeats` such timings. FLOPs are counted analytically
+`block_until_ready`, and reports the median of `repeats` such timings (`measure` adds all of them, as
+repeat_seconds, for comparisons that take the best or the spread). FLOPs are counted analytically
 (`rflav_jax.models.flops`; XLA's cost analysis leaves out library GEMMs on GPUs). `measure` adds to any
 measurement the time spent tracing, lowering and compiling its programs, and its peak memory, and with
 `profile_dir` a profile of the timed calls (`rflav_jax.profiling`), traced after the timing.
@@ -35,8 +36,8 @@ _COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 # Calls traced by a profile at most: enough for the shares, and a B/1 training trace stays a few MB.
 PROFILED_CALLS = 3
-# Where `_median_seconds` leaves (run, iters) of what it timed when `measure` is to profile it (else None).
-# A measurement times one program loop, so `measure` profiles the last entry.
+# Where `_median_seconds` leaves (run, iters, seconds per call of each repeat) of what it timed inside `measure`
+# (else None). A measurement times one program loop, so `measure` reports and profiles the last entry.
 _TIMED = contextvars.ContextVar("timed", default=None)
 
 
@@ -52,7 +53,7 @@ def _median_seconds(run: Callable[[], object], iters: int, warmup: int, repeats:
     jax.block_until_ready(out)
     times.append((time.perf_counter() - start) / iters)
   if (timed := _TIMED.get()) is not None:
-    timed.append((run, iters))
+    timed.append((run, iters, times))
   return statistics.median(times)
 
 
@@ -251,21 +252,24 @@ def peak_memory():
 def measure(run: Callable[[], dict], profile_dir: str | None = None) -> dict:
   """run()'s result with the cost of making its programs (`compile_log`) and its peak memory (`peak_memory`).
 
+  repeat_seconds: the seconds per call of each timed repeat, in order (their median gives the headline figure).
   profile_dir: after timing, the timed calls (PROFILED_CALLS at most) run again under `jax.profiler` into this
   folder, and the result gains "profile", `profiling.summarize` of that trace (the timing itself is not
   profiled), or "profile_error" where no profile could be taken (the measured figures are kept).
   """
   timed = []
-  token = _TIMED.set(timed if profile_dir is not None else None)
+  token = _TIMED.set(timed)
   try:
     with compile_log() as compiles, peak_memory() as memory:
       result = run()
   finally:
     _TIMED.reset(token)
+  if timed:
+    result["repeat_seconds"] = timed[-1][2]
   if profile_dir is not None:
     try:
       if timed:
-        timed_run, iters = timed[-1]
+        timed_run, iters, _ = timed[-1]
         profiling.capture(timed_run, min(iters, PROFILED_CALLS), profile_dir)
       result["profile"] = profiling.summarize(profile_dir)
     except Exception as error:  # pylint: disable=broad-except  # a profiler that fails must not lose the figures

@@ -1,6 +1,7 @@
 """The benchmark's FLOP accounting, attention choice and command line (speed itself is never asserted)."""
 import json
 import pathlib
+import statistics
 import subprocess
 import sys
 
@@ -96,6 +97,12 @@ def test_a_profile_follows_the_timing_and_a_failed_one_keeps_the_figures(tmp_pat
   assert failed["profile_error"] == "RuntimeError: CUPTI is not available"
 
 
+def test_measure_reports_every_timed_repeat_and_the_headline_is_their_median():
+  result = benchmarking.measure(lambda: benchmarking.matmul(jnp.float32, 128, iters=2, warmup=1, repeats=3))
+  assert len(result["repeat_seconds"]) == 3 and min(result["repeat_seconds"]) > 0
+  assert result["tflop_per_s"] == pytest.approx(2 * 128 ** 3 / statistics.median(result["repeat_seconds"]) / 1e12)
+
+
 def _benchmark(*flags):
   result = subprocess.run([sys.executable, "-m", "launch.benchmark", "--config=configs/bench_cpu.py:short", *flags],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -113,6 +120,7 @@ def test_benchmark_command_reports_flops_mfu_compile_times_and_memory(tmp_path):
     assert r["tflop_per_s"] > 0 and r["mfu"] == pytest.approx(r["tflop_per_s"] / 0.187)
     assert r["compile_s"] > 0 and r["lower_s"] > 0 and r["programs"] and r["cache_hits"] == 0
     assert r["peak_gb"] > 0 and r["peak_memory"] and r["attention_impl"] == "xla"
+    assert len(r["repeat_seconds"]) == 1  # the short config times each measurement once
   assert results["forward"]["samples_per_s"] > 0 and results["forward"]["program_gb"] > 0
   assert results["rolling"]["frames_per_s"] > 0 and results["rolling"]["first_frame_s"] > 0
   assert results["clip"]["frames_per_s"] > 0
