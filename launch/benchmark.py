@@ -5,9 +5,10 @@ r"""Measures FLAV speed on this machine's devices: matmul ceiling, forward, roll
   python -m launch.benchmark --config=configs/bench_cpu.py:short    # seconds: the CI run
 
 Prints one JSON line per measurement and writes them all to --output. Each line holds the headline
-figure (the median of config.repeats timings, each of them in repeat_seconds), analytic TFLOP/s and MFU against config.peak_tflops[dtype], peak memory, and the seconds spent
-tracing, lowering and compiling every program (config.compilation_cache_dir: a persistent compilation
-cache, so a second run compiles nothing). --compare prints our figures beside config.reference[dtype].
+figure (the median of config.repeats timings, each of them in repeat_seconds), analytic TFLOP/s and MFU
+against config.peak_tflops[dtype], peak memory, and the seconds spent tracing, lowering and compiling
+every program (config.compilation_cache_dir: a persistent compilation cache, so a second run compiles
+nothing). --compare prints our figures beside config.reference[dtype].
 --profile_dir=DIR also traces each measurement's timed calls (after timing them) into DIR/<measurement> and
 prints where their time went, by kind of operation (rflav_jax.profiling; TensorBoard or Perfetto open the traces).
 Record results with the machine in docs/PERFORMANCE.md.

@@ -265,11 +265,10 @@ def measure(run: Callable[[], dict], profile_dir: str | None = None) -> dict:
   finally:
     _TIMED.reset(token)
   if timed:
-    result["repeat_seconds"] = timed[-1][2]
+    timed_run, iters, result["repeat_seconds"] = timed[-1]
   if profile_dir is not None:
     try:
       if timed:
-        timed_run, iters, _ = timed[-1]
         profiling.capture(timed_run, min(iters, PROFILED_CALLS), profile_dir)
       result["profile"] = profiling.summarize(profile_dir)
     except Exception as error:  # pylint: disable=broad-except  # a profiler that fails must not lose the figures
