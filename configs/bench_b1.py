@@ -1,4 +1,4 @@
-"""Benchmark FLAV-B/1 as released (4x32x32 latents, window 10, causal) with the settings of RFLAV.md section 6.
+"""Benchmark FLAV-B/1 as released (4x32x32 latents, window 10, causal) with the settings under which the official code's speed was measured.
 
   python -m launch.benchmark --config=configs/bench_b1.py --compare                            # bf16 compute
   python -m launch.benchmark --config=configs/bench_b1.py --config.model.dtype=float32 --compare
@@ -33,9 +33,9 @@ def get_config(card: str = "h100"):
   config.repeats = 3
   # Persistent compilation cache folder ("" = off, so that compile times are measured cold).
   config.compilation_cache_dir = ""
-  # Compute ceilings, TFLOP/s: bf16 as measured on an 8192^3 matmul (RFLAV.md section 6; the H100's spec sheet says
+  # Compute ceilings, TFLOP/s: bf16 as measured on an 8192^3 matmul (as measured beside the official code; the H100's spec sheet says
   # 989 dense); float32 runs as TF32 (jax's default matmul precision on GPUs), spec 495 dense on both cards.
-  # The official PyTorch code (RFLAV.md section 6): samples/s (forward, train), frames/s (rolling, clip), GB.
+  # The official PyTorch code, measured on the same cards: samples/s (forward, train), frames/s (rolling, clip), GB.
   # H200 forward figures are the published TFLOP/s over 2.7296 TFLOP per sample.
   h200_fp32 = dict(source="official code, fp32/tf32, one H200, torch 2.11", forward=31.9, rolling=15.5, clip=9.9,
                    train=9.4, train_peak_gb=87.0, train_remat=7.3, train_remat_peak_gb=15.0)

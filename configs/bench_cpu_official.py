@@ -1,4 +1,4 @@
-"""The CPU shape on which the official code's speed was measured (RFLAV.md section 6), with its figures.
+"""The CPU shape on which the official code's speed was measured, with its figures.
 
 hidden 256, depth 4, 4 heads, patch 2, 4x16x16 latents, window 10, 256 mels, causal, unconditional, float32;
 rolling with 2 streams, training at batch 4.
@@ -17,7 +17,7 @@ def get_config():
   config.update(forward_batch=4, train_batch=4, streams=2, iters=10)
   config.reference = ml_collections.ConfigDict({
       "float32": dict(source="official code on the same 2-core AMD EPYC, best of 3 alternating rounds: rolling torch "
-                             "2.11 2026-11-27, training torch 2.14.1 2026-11-29 (docs/PERFORMANCE.md)",
+                             "2.11 2026-11-27, training torch 2.14.1 2026-11-29",
                       rolling=8.9, train=5.9),
   })
   return config

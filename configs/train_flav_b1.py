@@ -1,4 +1,4 @@
-r"""The paper's FLAV-B/1 recipe (RFLAV.md section 4) on AIST++ or Landscape: SD-VAE latents, window 10, bf16, remat.
+r"""The paper's FLAV-B/1 recipe on AIST++ or Landscape: SD-VAE latents, window 10, bf16, remat.
 
   python -m launch.prepare_data --source_dir=/data/aist --data_dir=/data/tfds --labelled --resolution=256
   python -m launch.convert --kind=sdvae --checkpoint_dir=releases/sd-vae-ft-ema --output_dir=converted/sdvae

@@ -28,7 +28,7 @@ def get_config(variant: str = ""):
       source="synthetic",  # "synthetic" | "synthetic_tfds" (written under data_dir) | "tfds" (dataset_dir)
       num_clips=2048, clip_frames=16, resolution=32, seed=0, data_dir="", dataset_dir="", split="train"))
 
-  # AdamW as released (RFLAV.md section 4), with a warm-up and a cosine decay for a short run. At lr 1e-3 this model
+  # AdamW as released, with a warm-up and a cosine decay for a short run. At lr 1e-3 this model
   # diverged after ~150 steps: the cross-modal modulation (each branch's MLP scaled by a linear map of the other
   # branch's mean) grew from block to block until the audio branch overflowed; 4e-4 trains stably.
   config.optim = ml_collections.ConfigDict(dict(

@@ -2,7 +2,7 @@
 
 XLA's CPU runtime allocates the buffers of a program anew at every call and frees them after it. glibc gives
 large blocks back to the kernel on free (per-thread heaps are trimmed, big blocks are unmapped), so each call
-page-faults its whole working set in again, and the kernel zeroes every page first. On the issue-10 CPU shape
+page-faults its whole working set in again, and the kernel zeroes every page first. On the CPU benchmark shape
 (configs/bench_cpu_official.py, 2 cores) that cost 0.31 s of kernel time per 0.9 s training step. With one
 arena that neither trims below 2 GB nor maps blocks of its own, the pages stay mapped and are reused: kernel
 time fell to under 0.02 s per step and the step to about 0.8 s.

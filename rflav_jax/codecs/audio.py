@@ -4,7 +4,7 @@ Layouts: a waveform is (samples,) at 16 kHz; a mel is (columns, N) with one colu
 and N = 256 mel bins, so one video frame at 10 fps (1600 samples) is 10 columns. The model sees mels as
 (T, F=10, N) per clip; `frames_from_mel` / `mel_from_frames` convert between the two layouts.
 
-Front end (RFLAV.md section 1): int16-scale waveform / 32768 -> peak-normalised to 0.95 -> reflect-padded
+Front end (as the official code computes it): int16-scale waveform / 32768 -> peak-normalised to 0.95 -> reflect-padded
 by (n_fft - hop) / 2 -> STFT (n_fft 2048, periodic hann window of 1024 centred in the frame, hop 160, not
 centred) -> magnitude sqrt(re^2 + im^2 + 1e-9) -> slaney mel filterbank (0-8000 Hz) -> ln(max(x, 1e-5))
 -> [ln 1e-5, ln 200] mapped linearly to [-1, 1] (not clipped, as in the official code).

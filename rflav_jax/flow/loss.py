@@ -1,4 +1,4 @@
-"""The rolling rectified-flow training loss (RFLAV.md section 3, "Training loss").
+"""The rolling rectified-flow training loss of R-FLAV.
 
 Layouts are channels-last: video (B, W, H, Wd, C), mel (B, W, F, N); W is the window. A velocity
 function maps a noisy window and its per-frame times to velocities:

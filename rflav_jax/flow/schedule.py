@@ -1,4 +1,4 @@
-"""Per-frame flow times of rolling rectified flow (RFLAV.md section 3).
+"""Per-frame flow times of rolling rectified flow, as R-FLAV defines them.
 
 Flow time t is in [0, 1] with 1 = clean data and 0 = pure noise; x_t = t x + (1 - t) z. A window holds W
 frames, frame 0 being the cleanest. Every function here is a pure jnp function of its arguments; step

@@ -1,4 +1,4 @@
-"""The optimiser of config.optim: AdamW (RFLAV.md section 4) with warm-up, a constant or cosine schedule, clipping.
+"""The optimiser of config.optim: AdamW (as in the official recipe) with warm-up, a constant or cosine schedule, clipping.
 
 config.optim fields: lr (peak learning rate), schedule ("constant" or "cosine"), warmup_steps (linear from 0),
 decay_steps (cosine: steps from the end of warm-up to the floor; 0 means until train.num_steps),

@@ -22,8 +22,8 @@ from rflav_jax.models.flav import FLAV
 from rflav_jax.train.state import TrainState, ema_update
 
 # XLA options for the jitted update. Region-based copy insertion lets XLA:CPU rewrite the donated state in place
-# instead of first copying every leaf it updates: on the issue-10 CPU shape it removed 458 of the step's 479 copies
-# and 5% of its memory (715 -> 682 MB static need), at the same speed (docs/PERFORMANCE.md, 2026-11-30). The GPU's
+# instead of first copying every leaf it updates: on the CPU benchmark shape (configs/bench_cpu_official.py) it removed 458 of the step's 479 copies
+# and 5% of its memory (715 -> 682 MB static need), at the same speed. The GPU's
 # option of the same name (xla_gpu_...) is left at XLA's default until measured.
 COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
