@@ -18,7 +18,6 @@ import os
 
 import jax
 from absl import flags
-from ml_collections import config_flags
 
 from rflav_jax import benchmarking
 from rflav_jax import cli
@@ -26,7 +25,7 @@ from rflav_jax import compilation_cache
 from rflav_jax import profiling
 from rflav_jax.models.flav import flav_from_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_cpu.py", "Benchmark config file.")
+_CONFIG = cli.define_config("config", "configs/bench_cpu.py", "Benchmark config file.")
 _OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 _ONLY = flags.DEFINE_list("only", ["matmul", "forward", "rolling", "clip", "train"], "Measurements to run.")
 _COMPARE = flags.DEFINE_bool("compare", False, "Print our figures beside the config's reference figures.")
@@ -35,6 +34,8 @@ _PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Optional folder for a p
 
 def main(argv):
   del argv
+  cli.check_output_file("output", _OUTPUT.value)
+  cli.check_output_dir("profile_dir", _PROFILE_DIR.value)
   config = _CONFIG.value
   unknown = set(_ONLY.value) - set(benchmarking.HEADLINE)
   if unknown:

@@ -26,6 +26,7 @@ _USE_EMA = flags.DEFINE_bool("use_ema", True,
 
 def main(argv):
   del argv
+  cli.check_output_dir("output_dir", _OUTPUT_DIR.value)
   out = release.convert_release(_KIND.value, _CHECKPOINT_DIR.value, _OUTPUT_DIR.value, weights=_WEIGHTS.value,
                                 use_ema=_USE_EMA.value)
   print(f"wrote {out}/params and {out}/config.py")

@@ -9,13 +9,12 @@ r"""Measures bouncing-ball streams from their pictures and sound (rflav_jax/eval
 import json
 
 from absl import flags
-from ml_collections import config_flags
 
 from rflav_jax import cli
 from rflav_jax.eval import evaluate
 from rflav_jax.train.progress import quiet_library_logs
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sampling config of the model.")
+_CONFIG = cli.define_config("config", "configs/synthetic_tiny.py", "Sampling config of the model.")
 _MODE = flags.DEFINE_enum("mode", "joint", evaluate.MODES, "What to generate and measure.")
 _SECONDS = flags.DEFINE_float("seconds", 30.0, "Length of each stream in seconds (10 frames per second).")
 _SEGMENT = flags.DEFINE_float("segment_seconds", 30.0, "Figures are reported per segment of this length.")
@@ -25,6 +24,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the per-se
 
 def main(argv):
   del argv
+  cli.check_output_file("output", _OUTPUT.value)
   quiet_library_logs()
   results = evaluate.evaluate(_CONFIG.value, _MODE.value, _SECONDS.value, _SEGMENT.value, _STREAMS.value)
   for result in results:

@@ -25,6 +25,7 @@ _STORAGE_DTYPE = flags.DEFINE_enum("storage_dtype", None, ["float32", "float16",
 
 def main(argv):
   del argv
+  cli.check_output_dir("output_dir", _OUTPUT_DIR.value)
   quiet_library_logs()
   folder, step = checkpointing.export_step(_WORKDIR.value, _STEP.value, _OUTPUT_DIR.value, _WEIGHTS.value,
                                            _STORAGE_DTYPE.value)

@@ -12,19 +12,19 @@ import pathlib
 import time
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from rflav_jax import cli
 from rflav_jax.convert import standins
 from rflav_jax.train.progress import quiet_library_logs
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/flav_b1_aist.py", "Sampling config whose model the FLAV "
+_CONFIG = cli.define_config("config", "configs/flav_b1_aist.py", "Sampling config whose model the FLAV "
                                           "stand-in takes.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder to write flav/, sdvae/ and vocoder/ into.", required=True)
 
 
 def main(argv):
   del argv
+  cli.check_output_dir("output_dir", _OUTPUT_DIR.value)
   quiet_library_logs()
   out = pathlib.Path(_OUTPUT_DIR.value)
   writers = {"flav": lambda folder: standins.write_flav(folder, _CONFIG.value.model), "sdvae": standins.write_sdvae,

@@ -27,6 +27,7 @@ _NAME = flags.DEFINE_string("name", None, "Dataset name in the config name; defa
 
 def main(argv):
   del argv
+  cli.check_output_dir("data_dir", _DATA_DIR.value)
   report = avfolder.build_avfolder(_SOURCE_DIR.value, _DATA_DIR.value, resolution=_RESOLUTION.value, fps=_FPS.value,
                                    clip_frames=_CLIP_FRAMES.value, labelled=_LABELLED.value,
                                    channels=_CHANNELS.value, name=_NAME.value)

@@ -9,18 +9,18 @@ Every config field can be overridden on the command line (--config.sample.guidan
 """
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from rflav_jax import cli
 from rflav_jax import compilation_cache
 from rflav_jax import sample
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sampling config file.")
+_CONFIG = cli.define_config("config", "configs/synthetic_tiny.py", "Sampling config file.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "outputs/sample", "Folder for the mp4 files and previews.")
 
 
 def main(argv):
   del argv
+  cli.check_output_dir("output_dir", _OUTPUT_DIR.value)
   logging.set_verbosity(logging.INFO)
   compilation_cache.enable(_CONFIG.value.get("compilation_cache_dir"))
   for path in sample.sample(_CONFIG.value, _OUTPUT_DIR.value):

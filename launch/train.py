@@ -10,12 +10,11 @@ hosts) run the same command on every host, with --multihost (cluster environment
 """
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from rflav_jax import cli
 from rflav_jax import compilation_cache
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/train_synthetic_tiny.py", "Training config file.")
+_CONFIG = cli.define_config("config", "configs/train_synthetic_tiny.py", "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, samples and export/.",
                                required=True)
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Start jax.distributed from the cluster's environment.")
@@ -26,6 +25,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, wi
 
 def main(argv):
   del argv
+  cli.check_output_dir("workdir", _WORKDIR.value)
   logging.set_verbosity(logging.INFO)
   from rflav_jax.train import parallel, trainer  # pylint: disable=g-import-not-at-top  (after flag parsing)
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
