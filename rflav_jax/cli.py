@@ -46,7 +46,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    fail(f"{error}; `--helpfull` lists every flag with its type")
+    problems = "; ".join(line.rstrip(".") for line in str(error).splitlines() if line.strip())
+    fail(f"{problems}; `--helpfull` lists every flag with its type")
 
 
 def run(main: Callable[[list[str]], None]) -> None:
