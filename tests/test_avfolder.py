@@ -157,3 +157,4 @@ def test_prepare_data_command_builds_and_prints_the_report(tmp_path):
   assert "train: 1 examples from 1 files" in result.stdout
   assert "test: 0 examples from 0 files" in result.stdout
   assert "test/b.mp4: UndecodableMediaError" in result.stdout
+  assert (result.stdout + result.stderr).count("skipped 1 files") == 1  # the report is printed once

@@ -189,7 +189,8 @@ def build_avfolder(source_dir: str | os.PathLike, data_dir: str | os.PathLike, *
                 for split in builder.files_used},
       files_used=builder.files_used, skipped=builder.skipped)
   report.save(report_path)
-  logging.info("built %s", report.summary())
+  logging.info("built %s: %s examples, %d files skipped (the report: %s)", report.dataset_dir,
+               sum(report.examples.values()), len(report.skipped), report_path)
   return report
 
 
