@@ -1,4 +1,4 @@
-"""launch/gpu_checks.sh, the script a lent GPU runs, at toy sizes (DRY=1): its training part ends in a packed run
+"""tools/gpu_checks.sh, the script a lent GPU runs, at toy sizes (DRY=1): its training part ends in a packed run
 whose export loads, and it refuses unknown parts."""
 import os
 import pathlib
@@ -11,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run_script(*args, **env):
-  return subprocess.run(["bash", "launch/gpu_checks.sh", *args], cwd=ROOT, capture_output=True, text=True,
+  return subprocess.run(["bash", "tools/gpu_checks.sh", *args], cwd=ROOT, capture_output=True, text=True,
                         timeout=600, env={**os.environ, "PYTHON": sys.executable, "DRY": "1", **env})
 
 
@@ -34,7 +34,7 @@ def test_unknown_part_is_refused(tmp_path):
   result = run_script("train", str(tmp_path))
   assert result.returncode == 2 and "unknown part train: expected wheels, tiny or bench" in result.stdout
   result = run_script("bench")
-  assert result.returncode == 2 and "usage: bash launch/gpu_checks.sh bench OUT_DIR" in result.stdout
+  assert result.returncode == 2 and "usage: bash tools/gpu_checks.sh bench OUT_DIR" in result.stdout
 
 
 def test_bench_part_measures_training_in_micro_batches_and_profiles(tmp_path):

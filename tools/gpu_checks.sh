@@ -1,31 +1,30 @@
 #!/usr/bin/env bash
-# The measurements that issues 9 and 10 still need from a GPU, each part sized for one call of a lent machine
-# (10 minutes at most; the whole lease is 15, its start included, so one part per lease).
+# GPU measurements that the CPU cannot make, each part sized to finish inside one 10-minute call on a borrowed
+# GPU machine (not a user's entry point: users run the launchers themselves).
 #
-#   bash launch/gpu_checks.sh wheels           # here, before the lease: wheels of what the GPU image lacks -> .whl/
-#   bash launch/gpu_checks.sh tiny  OUT_DIR    # at most 9 min on one H200: trains candidates for the shipped model
-#                                              # side by side (TINY_CANDIDATES, patch:depth, default "4:3", the shipped
-#                                              # model's size; 6 min alone) and packs each run (export/, metrics, loss
-#                                              # curve, log) as OUT_DIR/<name>.tgz.*
-#   bash launch/gpu_checks.sh bench OUT_DIR    # at most 9.5 min: FLAV-B/1 training without remat in 8 and in 4
-#                                              # micro-batches (4 also with region-based copy insertion),
-#                                              # profiles of training and of the forward pass (BENCH_TRAIN=0 skips
-#                                              # these; 7 min), and the whole sampling
-#                                              # command at 1 and 4 streams on stand-in weights (launch.make_standins;
-#                                              # BENCH_E2E=0 skips it)
-#   DRY=1 bash launch/gpu_checks.sh tiny /tmp/out   # the same steps at toy sizes, with the requirements installed
-#                                                   # here (tests/test_gpu_checks.py runs it)
+#   bash tools/gpu_checks.sh wheels           # beforehand, on a machine with the network: wheels of what the GPU
+#                                             # image lacks -> .whl/
+#   bash tools/gpu_checks.sh tiny  OUT_DIR    # at most 9 min on one H200: trains candidates for the shipped model
+#                                             # side by side (TINY_CANDIDATES, patch:depth, default "4:3", the shipped
+#                                             # model's size; 6 min alone) and packs each run (export/, metrics, loss
+#                                             # curve, log) as OUT_DIR/<name>.tgz.*
+#   bash tools/gpu_checks.sh bench OUT_DIR    # at most 9.5 min: FLAV-B/1 training without remat in 8 and in 4
+#                                             # micro-batches (4 also with region-based copy insertion), profiles of
+#                                             # training and of the forward pass (BENCH_TRAIN=0 skips these; 7 min),
+#                                             # and the whole sampling command at 1 and 4 streams on stand-in weights
+#                                             # (launch.make_standins; BENCH_E2E=0 skips it)
+#   DRY=1 bash tools/gpu_checks.sh tiny /tmp/out   # the same steps at toy sizes, with the requirements installed
+#                                                  # here (tests/test_gpu_checks.py runs it)
 #
-# The machine's image lacks ml_collections, librosa (and soundfile's cffi) and PyAV: `wheels` downloads them (the
-# versions installed here) into .whl/, which each part installs from when the folder exists (carry it with the
-# call). Each step has its own time limit and a failed step does not stop the others; the last lines printed are a
-# summary. On this workplace's device tool: run(command="bash launch/gpu_checks.sh tiny $OUT", carry=[".whl"],
-# timeout_s=600). After `tiny`, unpack a run here (cat OUT/p4d3.tgz.* | tar xz) and measure it as the README
-# measures the shipped model:
+# GPU images often lack ml_collections, librosa (and soundfile's cffi) and PyAV: `wheels` downloads them (the
+# versions installed here) into .whl/, which each part installs from when the folder exists (copy it to the GPU
+# machine beside the tree). Each step has its own time limit and a failed step does not stop the others; the last
+# lines printed are a summary. After `tiny`, unpack a run (cat OUT/p4d3.tgz.* | tar xz) and measure it as the
+# README measures the shipped model:
 #   python -m launch.evaluate --config.checkpoint=export --config.model.patch_size=4 --config.model.depth=3 \
 #       --config.sample.label=0 --mode=joint --seconds=30 --streams=16   # 16: a 4-stream mean is uncertain by 0.1
 set -uo pipefail
-part=${1:?"usage: bash launch/gpu_checks.sh wheels|tiny|bench [OUT_DIR]"}
+part=${1:?"usage: bash tools/gpu_checks.sh wheels|tiny|bench [OUT_DIR]"}
 out=${2:-}
 dry=${DRY:-0}
 python=${PYTHON:-python3}  # the interpreter that runs the launchers
@@ -74,7 +73,7 @@ print(' '.join(f'{n}=={m.version(n)}' for n in ('ml_collections', 'librosa', 'au
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $specs || exit 1
     du -sh .whl
     exit 0 ;;
-  tiny|bench) [ -n "$out" ] || { echo "usage: bash launch/gpu_checks.sh $part OUT_DIR"; exit 2; } ;;
+  tiny|bench) [ -n "$out" ] || { echo "usage: bash tools/gpu_checks.sh $part OUT_DIR"; exit 2; } ;;
   *) echo "unknown part $part: expected wheels, tiny or bench"; exit 2 ;;
 esac
 mkdir -p "$out"
