@@ -1,8 +1,12 @@
-"""FVD/KVD/FAD distances against closed forms, scipy's matrix square root and scikit-learn's polynomial kernel."""
+"""FVD/KVD/FAD distances against closed forms, scipy's matrix square root, scikit-learn's polynomial kernel and
+MM-Diffusion's own functions (tests/data/mm_diffusion_fvd.npz, made by tools/make_eval_fixtures.py)."""
+import pathlib
+
 import numpy as np
 import pytest
 import scipy.linalg
 
+from i3d_testing import FIXTURE
 from rflav_jax.eval import distances
 
 
@@ -33,6 +37,16 @@ def test_frechet_distance_of_samples_uses_unbiased_moments():
   assert distances.frechet_distance(x, y) == pytest.approx(expected, rel=1e-9)
   assert distances.frechet_distance(x.astype(np.float32), y) == pytest.approx(
       distances.frechet_distance(x.astype(np.float32).astype(np.float64), y), rel=1e-15)
+
+
+def test_distances_match_mm_diffusion():
+  """fvd.py's frechet_distance (torch, float64) and evaluator.py's polynomial_mmd, on the same features."""
+  with np.load(pathlib.Path(__file__).parent / "data" / FIXTURE) as ref:
+    assert distances.frechet_distance(ref["dist_x"], ref["dist_y"]) == pytest.approx(float(ref["dist_fvd"]), rel=1e-10)
+    assert distances.polynomial_mmd(ref["dist_x"], ref["dist_y"]) == pytest.approx(float(ref["dist_kvd"]), rel=1e-10)
+    # Fewer clips than dimensions: singular covariances, where TF-GAN's square root leaves tiny values unrooted.
+    assert distances.frechet_distance(ref["low_rank_x"], ref["low_rank_y"]) == pytest.approx(
+        float(ref["low_rank_fvd"]), rel=1e-9)
 
 
 def test_frechet_distance_identities():
