@@ -1,4 +1,4 @@
-"""The benchmark's FLOP accounting, attention choice and command line (speed itself is never asserted)."""
+"""The benchmark's FLOP accounting and command line (speed itself is never asserted)."""
 import json
 import pathlib
 import statistics
@@ -11,7 +11,7 @@ import pytest
 
 from rflav_jax import benchmarking
 from rflav_jax.convert.flav import abstract_params
-from rflav_jax.models import flops, layers
+from rflav_jax.models import flops
 from rflav_jax.models.flav import FLAV, flav_from_preset
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -37,24 +37,6 @@ def test_analytic_flops_agree_with_xla_cost_analysis(block_type, num_classes):
   compiled = jax.jit(model.apply).lower({"params": abstract_params(model)}, *inputs).compile()
   xla_flops = benchmarking.flops(compiled)
   assert 0.97 * xla_flops < flops.forward_flops(model) <= xla_flops
-
-
-def test_automatic_attention_is_cudnn_or_looped_only_where_it_applies(monkeypatch):
-  choose = layers.attention_implementation
-  assert choose("auto", jnp.bfloat16, 64, 10, False) == "xla"  # this machine has no NVIDIA GPU
-  assert choose(None, jnp.bfloat16, 64, 10, False) == choose("", jnp.bfloat16, 64, 10, False) == "xla"
-  assert choose("cudnn", jnp.float32, 64, 10, False) == "cudnn"  # as requested
-  monkeypatch.setattr(layers, "_has_cudnn_attention", lambda: True)
-  assert choose("auto", jnp.bfloat16, 64, 10, False) == "cudnn"
-  assert choose("auto", jnp.float16, 64, 11, True) == "xla"  # a mask needs an even token count
-  assert choose("auto", jnp.float32, 64, 10, False) == "xla"  # float32 (the parity tests) stays on XLA
-  assert choose("auto", jnp.bfloat16, 12, 10, False) == "xla"  # head dim not a multiple of 8
-  assert choose("xla", jnp.bfloat16, 64, 10, False) == "xla"
-  monkeypatch.setattr(layers, "_has_cudnn_attention", lambda: False)  # this CPU: long sequences run looped
-  assert choose("auto", jnp.float32, 64, 1024, False) == choose("looped", jnp.float32, 64, 10, False) == "looped"
-  assert choose("auto", jnp.float32, 64, 255, True) == "xla"
-  with pytest.raises(ValueError, match="flash"):
-    choose("flash", jnp.bfloat16, 64, 10, False)
 
 
 def test_comparison_sets_figures_beside_the_reference():

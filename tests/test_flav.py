@@ -28,10 +28,15 @@ def fixture_model(name):
   return d, config, model, params, (v, a, t, y)
 
 
+# Every CPU kernel at once: the transposed-weight-gradient matmul, looped attention, chunks of 8 tokens.
+CPU_KERNELS_EVERYWHERE = dict(linear_dot="transposed_weight_grad", looped_attention_min_tokens=1, chunk_tokens=8)
+
+
+@pytest.mark.parametrize("kernels", [{}, CPU_KERNELS_EVERYWHERE], ids=["xla", "cpu_kernels"])
 @pytest.mark.parametrize("name", ["flav_small_cond_causal.npz", "flav_small_uncond.npz"])
-def test_forward_matches_official(name):
+def test_forward_matches_official(name, kernels):
   d, _, model, params, (v, a, t, y) = fixture_model(name)
-  out_v, out_a = model.apply({"params": params}, v, a, t, y)
+  out_v, out_a = model.clone(**kernels).apply({"params": params}, v, a, t, y)
   expected_v, expected_a = official_to_ours(d["out/v"], d["out/a"])
   assert rel_l2(out_v, expected_v) < 1e-5
   assert rel_l2(out_a, expected_a) < 1e-5
@@ -70,7 +75,7 @@ B1_ARGS = dict(latent_size=32, patch_size=1, in_channels=4, hidden_size=768, dep
                predict_frames=10, n_mels=256, causal_attn=True, grad_ckpt=True, audio_fr=16000)
 
 
-@pytest.mark.parametrize("num_classes,count", [(0, 324_013_316), (10, 324_030_212)])
+@pytest.mark.parametrize("num_classes,count", [(0, 324_013_316), pytest.param(10, 324_030_212, marks=pytest.mark.slow)])
 def test_b1_checkpoint_layout_and_parameter_count(num_classes, count):
   state_dict = b1_state_dict(num_classes)
   model, params = flav_from_official(state_dict, num_classes=num_classes, **B1_ARGS)
@@ -150,7 +155,7 @@ def tiny_inputs(model, key):
   return v, a, t, jnp.array([0, 1])
 
 
-@pytest.mark.parametrize("block_type", ["a", "b", "c"])
+@pytest.mark.parametrize("block_type", [pytest.param(b, marks=pytest.mark.slow) for b in "ab"] + ["c"])
 def test_causal_attention_hides_future_frames(block_type):
   model = FLAV(**TINY, causal_attn=True, block_type=block_type)
   params = random_params(model, jax.random.key(0))
@@ -172,6 +177,7 @@ def test_causal_attention_hides_future_frames(block_type):
   assert np.abs(out1[0][:, :k + 1] - out2[0][:, :k + 1]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_blocks_a_and_b_are_finite_trainable_and_differ_from_c():
   v, a, t, y = tiny_inputs(FLAV(**TINY), jax.random.key(3))
   outputs = {}
@@ -205,6 +211,7 @@ def test_fresh_model_follows_official_initialisation():
   assert 0.01 < params["video_y_embedder"]["embedding"].std() < 0.03
 
 
+@pytest.mark.slow
 def test_remat_and_bfloat16_options():
   model = FLAV(**TINY, causal_attn=True)
   params = random_params(model, jax.random.key(0))

@@ -1,4 +1,4 @@
-"""FLAV: the R-FLAV audio-video transformer (RFLAV.md section 2), channels-last.
+"""FLAV: the R-FLAV audio-video transformer, channels-last.
 
 Inputs for a window of T = predict_frames frames:
   v: video (B, T, H, W, C) latents or pixels,
@@ -10,16 +10,28 @@ Output: velocities (v_hat (B, T, H, W, C), a_hat (B, T, F, N)) in float32.
 Inside, video tokens are (B, T, L, D) with L = (H/p)(W/p) patches per frame, audio tokens (B, T, F, D).
 Cross-modal blocks: "c" (released; temporal-average modulation with conditioning), "b" (temporal-average
 modulation), "a" (joint self-attention over both modalities).
+
+Which kernels run is set by FLAV's kernel attributes (KERNEL_ARGS, see `layers.Kernels`), plain XLA by default;
+`flav_from_config` and `for_platform` choose them for the devices.
 """
+import dataclasses
 import functools
 from typing import Any
 
+import einops
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from rflav_jax.models import layers
-from rflav_jax.models.layers import Attention, FinalLayer, Mlp, TimestepEmbedder, adaln, dense, layer_norm, modulate
+from rflav_jax.models.layers import (Attention, FinalLayer, Kernels, Mlp, TimestepEmbedder, adaln, dense, layer_norm,
+                                     modulate)
+from rflav_jax.models.platforms import Platform, current_platform, kernel_args
+
+# FLAV's attributes that choose kernels, not the network: the requested attention implementation and the facts
+# and choices for the platform (PLATFORM_ARGS, which configs and checkpoints do not store).
+KERNEL_ARGS = tuple(field.name for field in dataclasses.fields(Kernels))
+PLATFORM_ARGS = tuple(name for name in KERNEL_ARGS if name != "attention_impl")
 
 BLOCK_TYPES = ("a", "b", "c")
 REMAT_POLICIES = {
@@ -43,58 +55,58 @@ class FLAVBlock(nn.Module):
   block_type: str = "c"
   causal: bool = False
   dtype: Any = jnp.float32
-  attention_impl: str | None = None
+  kernels: Kernels = Kernels()
 
   @nn.compact
   def __call__(self, v, a, c_v, c_a):
     """v (B, T, L, D), a (B, T, F, D), c_v / c_a (B, T, D) -> updated (v, a)."""
-    batch, frames, _, width = v.shape
-    columns = a.shape[2]
-    attention = functools.partial(Attention, self.num_heads, self.dtype, self.attention_impl)
+    width = v.shape[-1]
+    attention = functools.partial(Attention, self.num_heads, self.dtype, self.kernels)
     norm = lambda x: layer_norm(self.dtype)(x)
-    shift1, scale1, gate1, shift2, scale2, gate2 = adaln(c_v, 6, self.dtype, "video_adaLN_modulation")
-    shift_a, scale_a, gate_a = adaln(c_a, 3, self.dtype, "audio_adaLN_modulation")
+    modulation = lambda c, chunks, name: adaln(c, chunks, self.dtype, self.kernels, name)
+    shift1, scale1, gate1, shift2, scale2, gate2 = modulation(c_v, 6, "video_adaLN_modulation")
+    shift_a, scale_a, gate_a = modulation(c_a, 3, "audio_adaLN_modulation")
 
     # Spatial attention within each frame, then temporal attention per patch position over frames.
     v = v + gate1 * attention(name="video_spatial_attn")(modulate(norm(v), shift1, scale1))
-    h = modulate(norm(v), shift2, scale2).swapaxes(1, 2)  # (B, L, T, D)
-    h = attention(name="video_temporal_attn")(h, is_causal=self.causal).swapaxes(1, 2)
-    v = v + gate2 * h
+    h = einops.rearrange(modulate(norm(v), shift2, scale2), "b t l d -> b l t d")
+    h = attention(name="video_temporal_attn")(h, is_causal=self.causal)
+    v = v + gate2 * einops.rearrange(h, "b l t d -> b t l d")
 
     # Audio attention over the window's T * F tokens, frame-major.
-    h = modulate(norm(a), shift_a, scale_a).reshape(batch, frames * columns, width)
-    h = attention(name="audio_spatial_attn")(h, is_causal=self.causal).reshape(a.shape)
-    a = a + gate_a * h
+    h = einops.rearrange(modulate(norm(a), shift_a, scale_a), "b t f d -> b (t f) d")
+    h = attention(name="audio_spatial_attn")(h, is_causal=self.causal)
+    a = a + gate_a * einops.rearrange(h, "b (t f) d -> b t f d", f=a.shape[2])
 
     if self.block_type == "a":
       v, a = self._joint_attention(v, a, c_v, c_a)
       cond_for_video_mlp, cond_for_audio_mlp = c_v, c_a
     else:
-      v_bar = dense(width, self.dtype, "v_avg_proj")(v.mean(axis=2))
-      a_bar = dense(width, self.dtype, "a_avg_proj")(a.mean(axis=2))
+      v_bar = dense(width, self.dtype, self.kernels, "v_avg_proj")(v.mean(axis=2))
+      a_bar = dense(width, self.dtype, self.kernels, "a_avg_proj")(a.mean(axis=2))
       if self.block_type == "c":
         v_bar, a_bar = v_bar + c_a, a_bar + c_v
       cond_for_video_mlp, cond_for_audio_mlp = a_bar, v_bar
 
     hidden = int(width * self.mlp_ratio)
-    scale_v, shift_v, gate_v = adaln(cond_for_video_mlp, 3, self.dtype, "video_scale")
-    scale_a, shift_a, gate_a = adaln(cond_for_audio_mlp, 3, self.dtype, "audio_scale")
-    v = v + gate_v * Mlp(hidden, self.dtype, name="video_mlp")(modulate(norm(v), shift_v, scale_v))
-    a = a + gate_a * Mlp(hidden, self.dtype, name="audio_mlp")(modulate(norm(a), shift_a, scale_a))
+    scale_v, shift_v, gate_v = modulation(cond_for_video_mlp, 3, "video_scale")
+    scale_a, shift_a, gate_a = modulation(cond_for_audio_mlp, 3, "audio_scale")
+    v = v + gate_v * Mlp(hidden, self.dtype, self.kernels, name="video_mlp")(modulate(norm(v), shift_v, scale_v))
+    a = a + gate_a * Mlp(hidden, self.dtype, self.kernels, name="audio_mlp")(modulate(norm(a), shift_a, scale_a))
     return v, a
 
   def _joint_attention(self, v, a, c_v, c_a):
     """Block (a): one self-attention over every video and audio token of the window, frame-major."""
-    batch, frames, num_patches, width = v.shape
-    shift_v, scale_v, gate_v = adaln(c_v, 3, self.dtype, "video_joint_modulation")
-    shift_a, scale_a, gate_a = adaln(c_a, 3, self.dtype, "audio_joint_modulation")
+    frames, num_patches = v.shape[1:3]
+    shift_v, scale_v, gate_v = adaln(c_v, 3, self.dtype, self.kernels, "video_joint_modulation")
+    shift_a, scale_a, gate_a = adaln(c_a, 3, self.dtype, self.kernels, "audio_joint_modulation")
     norm = lambda x: layer_norm(self.dtype)(x)
     tokens = jnp.concatenate([modulate(norm(v), shift_v, scale_v), modulate(norm(a), shift_a, scale_a)], axis=2)
     per_frame = tokens.shape[2]
     mask = frame_causal_mask(frames, per_frame) if self.causal else None
-    h = Attention(self.num_heads, self.dtype, self.attention_impl, name="joint_attn")(
-        tokens.reshape(batch, frames * per_frame, width), mask=mask)
-    h = h.reshape(batch, frames, per_frame, width)
+    h = Attention(self.num_heads, self.dtype, self.kernels, name="joint_attn")(
+        einops.rearrange(tokens, "b t n d -> b (t n) d"), mask=mask)
+    h = einops.rearrange(h, "b (t n) d -> b t n d", t=frames)
     return v + gate_v * h[:, :, :num_patches], a + gate_a * h[:, :, num_patches:]
 
 
@@ -113,7 +125,14 @@ class FLAV(nn.Module):
     causal_attn: causal temporal, audio and joint attention.
     block_type: "c" (released), "b" or "a".
     remat: gradient checkpointing of each block; remat_policy names a `jax.checkpoint_policies` entry.
-    dtype: compute dtype (parameters stay float32); attention_impl: see `layers.Attention`.
+    dtype: compute dtype (parameters stay float32).
+  Kernel attributes (KERNEL_ARGS; they change no parameter and no value beyond float rounding):
+    attention_impl: "xla", "cudnn", "looped", or None / "" / "auto": per attention call, cuDNN if cudnn_attention
+      and the call allows it, "looped" from looped_attention_min_tokens tokens, XLA otherwise.
+    cudnn_attention: "auto" may run cuDNN flash attention (NVIDIA GPUs).
+    looped_attention_min_tokens: "auto" runs "looped" attention from this many tokens on; None: never.
+    linear_dot: the Linear layers' matmul, "xla" or "transposed_weight_grad" (the CPU's).
+    chunk_tokens: attention and MLPs over many tokens run in chunks of at most this many; None: all at once.
   """
   latent_size: int = 32
   patch_size: int = 1
@@ -133,6 +152,15 @@ class FLAV(nn.Module):
   remat_policy: str = "nothing_saveable"
   dtype: Any = jnp.float32
   attention_impl: str | None = None
+  cudnn_attention: bool = False
+  looped_attention_min_tokens: int | None = None
+  linear_dot: str = "xla"
+  chunk_tokens: int | None = None
+
+  @property
+  def kernels(self) -> Kernels:
+    """The kernel attributes as one value, as the layers take them."""
+    return Kernels(**{name: getattr(self, name) for name in KERNEL_ARGS})
 
   def setup(self):
     if self.block_type not in BLOCK_TYPES:
@@ -149,10 +177,11 @@ class FLAV(nn.Module):
     self.video_temporal_pos_embed = self.param("video_temporal_pos_embed", layers.zeros, (1, frames, 1, d))
     self.audio_spatial_pos_embed = self.param("audio_spatial_pos_embed", layers.zeros, (1, 1, self.audio_columns, d))
     self.audio_temporal_pos_embed = self.param("audio_temporal_pos_embed", layers.zeros, (1, frames, 1, d))
-    self.v_embedder = dense(d, self.dtype, "v_embedder")
-    self.a_embedder = dense(d, self.dtype, "a_embedder")
-    self.video_t_embedder = TimestepEmbedder(d, dtype=self.dtype)
-    self.audio_t_embedder = TimestepEmbedder(d, dtype=self.dtype)
+    kernels = self.kernels
+    self.v_embedder = dense(d, self.dtype, kernels, "v_embedder")
+    self.a_embedder = dense(d, self.dtype, kernels, "a_embedder")
+    self.video_t_embedder = TimestepEmbedder(d, dtype=self.dtype, kernels=kernels)
+    self.audio_t_embedder = TimestepEmbedder(d, dtype=self.dtype, kernels=kernels)
     if self.num_classes:
       self.video_y_embedder = nn.Embed(self.num_classes + 1, d, embedding_init=layers.normal_002)
       self.audio_y_embedder = nn.Embed(self.num_classes + 1, d, embedding_init=layers.normal_002)
@@ -160,17 +189,15 @@ class FLAV(nn.Module):
     if self.remat:
       block = nn.remat(FLAVBlock, policy=REMAT_POLICIES[self.remat_policy])
     self.blocks = [
-        block(self.num_heads, self.mlp_ratio, self.block_type, self.causal_attn, self.dtype, self.attention_impl,
+        block(self.num_heads, self.mlp_ratio, self.block_type, self.causal_attn, self.dtype, kernels,
               name=f"blocks_{i}") for i in range(self.depth)]
-    self.video_final_layer = FinalLayer(self.patch_size ** 2 * self.in_channels, self.dtype)
-    self.audio_final_layer = FinalLayer(self.n_mels, self.dtype)
+    self.video_final_layer = FinalLayer(self.patch_size ** 2 * self.in_channels, self.dtype, kernels)
+    self.audio_final_layer = FinalLayer(self.n_mels, self.dtype, kernels)
 
   def __call__(self, v: jax.Array, a: jax.Array, t: jax.Array, y: jax.Array | None = None, train: bool = False):
     self._check_inputs(v, a, t, y)
-    batch, frames, height, width, channels = v.shape
     p = self.patch_size
-    v = v.astype(self.dtype).reshape(batch, frames, height // p, p, width // p, p, channels)
-    v = v.transpose(0, 1, 2, 4, 3, 5, 6).reshape(batch, frames, -1, p * p * channels)
+    v = einops.rearrange(v.astype(self.dtype), "b t (h p) (w q) c -> b t (h w) (p q c)", p=p, q=p)
     v = self.v_embedder(v) + self.video_spatial_pos_embed + self.video_temporal_pos_embed
     a = self.a_embedder(a.astype(self.dtype)) + self.audio_spatial_pos_embed + self.audio_temporal_pos_embed
 
@@ -183,8 +210,8 @@ class FLAV(nn.Module):
     for block in self.blocks:
       v, a = block(v, a, c_v, c_a)
 
-    v = self.video_final_layer(v, c_v).reshape(batch, frames, height // p, width // p, p, p, channels)
-    v = v.transpose(0, 1, 2, 4, 3, 5, 6).reshape(batch, frames, height, width, channels)
+    v = einops.rearrange(self.video_final_layer(v, c_v), "b t (h w) (p q c) -> b t (h p) (w q) c",
+                         h=self.latent_size // p, p=p, q=p)
     a = self.audio_final_layer(a, c_a)
     return v.astype(jnp.float32), a.astype(jnp.float32)
 
@@ -234,18 +261,29 @@ def flav_from_preset(name: str, **overrides) -> FLAV:
   return FLAV(**{**PRESETS[name], **overrides})
 
 
-def flav_from_config(model_config) -> FLAV:
-  """FLAV from a config mapping: optional `preset` name, any FLAV attribute, `dtype` as a name ("bfloat16")."""
+def flav_from_config(model_config, platform: Platform | None = None) -> FLAV:
+  """FLAV to run on `platform` (default: JAX's default devices) from a config mapping: an optional `preset` name
+  and any FLAV attribute, `dtype` as a name ("bfloat16"). The kernel attributes the mapping leaves out are those
+  `platforms.kernel_args` chooses for the platform; attention_impl (default None: "auto") is the user's request."""
   kwargs = dict(model_config)
   preset = kwargs.pop("preset", None)
   if "dtype" in kwargs:
     kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+  kwargs = {**kernel_args(platform or current_platform()), **kwargs}
   return flav_from_preset(preset, **kwargs) if preset else FLAV(**kwargs)
 
 
+def for_platform(model: FLAV, platform: Platform | None = None) -> FLAV:
+  """`model` with the kernels chosen for `platform` (default: JAX's default devices), e.g. for a model built with
+  `FLAV(...)`, whose defaults are XLA's kernels everywhere. Same parameters, same function."""
+  return model.clone(**kernel_args(platform or current_platform()))
+
+
 def flav_args(model: FLAV) -> dict:
-  """The FLAV attributes of `model` as plain values (dtype by name), for configs and checkpoints."""
-  args = {f: getattr(model, f) for f in FLAV.__dataclass_fields__ if f not in ("parent", "name")}
+  """The FLAV attributes of `model` as plain values (dtype by name), for configs and checkpoints: all but the
+  PLATFORM_ARGS, which `flav_from_config` chooses again for the devices that load them."""
+  excluded = ("parent", "name", *PLATFORM_ARGS)
+  args = {f: getattr(model, f) for f in FLAV.__dataclass_fields__ if f not in excluded}
   args["dtype"] = jnp.dtype(args["dtype"]).name
   return args
 

@@ -4,7 +4,7 @@ A matmul of (m, k) by (k, n) costs 2 m n k. Attention over n tokens of width D (
 2 n^2 D for Q K^T and as much for the weighted sum of values; causal attention is counted as full, as
 fused kernels and the published figure do. Elementwise work (norms, GELU, softmax, modulation) is left
 out: it is about 0.5% of FLAV-B/1, whose forward pass on a 10-frame window counts 2.73 TFLOP per sample
-(RFLAV.md section 6). Pure arithmetic on the attributes: nothing is traced or compiled.
+(the figure the R-FLAV paper publishes). Pure arithmetic on the attributes: nothing is traced or compiled.
 """
 from rflav_jax.models.flav import FLAV
 
@@ -51,7 +51,10 @@ def forward_flops_breakdown(model: FLAV) -> dict[str, float]:
 
 
 def forward_flops(model: FLAV) -> float:
-  """FLOPs per sample of one forward pass on a window (2.73e12 for FLAV-B/1)."""
+  """FLOPs of one forward pass on one window of model.predict_frames frames (2.73e12 for FLAV-B/1).
+
+  A sampler's network call on B windows (streams, twice as many with classifier-free guidance) costs B times this.
+  """
   return sum(forward_flops_breakdown(model).values())
 
 
