@@ -312,7 +312,8 @@ def _stored_dtype(params: pathlib.Path) -> str:
     metadata = ocp.StandardCheckpointer().metadata(params.absolute()).item_metadata
   except (ValueError, OSError, KeyError) as error:
     raise CheckpointFormatError(f"{params}: the Orbax checkpoint's metadata cannot be read ({error})") from None
-  dtypes = {jnp.dtype(leaf.dtype).name for leaf in jax.tree.leaves(metadata) if jnp.issubdtype(leaf.dtype, jnp.floating)}
+  dtypes = {jnp.dtype(leaf.dtype).name for leaf in jax.tree.leaves(metadata)
+            if jnp.issubdtype(leaf.dtype, jnp.floating)}
   if len(dtypes) != 1 or not dtypes <= set(STORAGE_DTYPES):
     raise CheckpointFormatError(f"{params}: stores its floats as {sorted(dtypes)}, expected one of {STORAGE_DTYPES}")
   return dtypes.pop()

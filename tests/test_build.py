@@ -1,13 +1,14 @@
-"""Configs -> (model, params), codecs and vocoders: fresh and converted weights, config/checkpoint agreement."""
+"""Configs -> (model, params), codecs and vocoders: fresh weights and model folders, config/checkpoint agreement."""
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from rflav_jax import model_folder, standins
+from rflav_jax.build import Built, build, build_flav, build_video_codec, build_vocoder, check_config_matches
+from rflav_jax.codecs.pixel import PixelCodec
 from rflav_jax.codecs.sdvae import SdVaeCodec
-from rflav_jax.convert import export, standins
-from rflav_jax.convert.from_config import build_flav, build_video_codec, build_vocoder, check_config_matches
 from rflav_jax.models.flav import FLAV, dummy_inputs, flav_args, init_params
 
 TINY = dict(latent_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=3,
@@ -28,7 +29,7 @@ def test_dummy_inputs_fit_the_model():
 def test_converted_folder_round_trip_and_runtime_overrides(tmp_path):
   config = ml_collections.ConfigDict(TINY)
   model, params = build_flav(config, seed=3)
-  folder = export.save_converted(tmp_path / "flav", "flav", params, flav_args(model), "test")
+  folder = model_folder.write(tmp_path / "flav", "flav", params, flav_args(model), {"source": "test", "sha256": None})
   config.update(dtype="bfloat16", remat=True, class_dropout_prob=0.0)  # runtime settings may change
   restored, restored_params = build_flav(config, str(folder))
   assert (restored.dtype, restored.remat, restored.depth) == (jnp.bfloat16, True, 1)
@@ -58,13 +59,14 @@ def test_bad_folders_are_named_before_loading(tmp_path):
   config = ml_collections.ConfigDict(TINY)
   with pytest.raises(FileNotFoundError, match="does not exist; pass a folder written by launch.convert"):
     build_flav(config, str(tmp_path / "missing"))
-  with pytest.raises(FileNotFoundError, match="holds no config.py"):
+  with pytest.raises(FileNotFoundError, match="holds no model.json"):
     build_flav(config, str(tmp_path))
   (tmp_path / "release").mkdir()
   (tmp_path / "release" / "config.json").write_text('{"hidden_size": 32, "depth": 1, "num_heads": 2}')
   with pytest.raises(FileNotFoundError, match="has not been converted: run launch.convert first"):
     build_flav(config, str(tmp_path / "release"))
-  export.save_converted(tmp_path / "vocoder", "vocoder", {"w": np.zeros(1)}, {"num_mels": 16}, "test")
+  model_folder.write(tmp_path / "vocoder", "vocoder", {"w": np.zeros(1)}, {"num_mels": 16},
+                     {"source": "test", "sha256": None})
   with pytest.raises(ValueError, match="holds a converted 'vocoder', not a 'flav'"):
     build_flav(config, str(tmp_path / "vocoder"))
   codec = ml_collections.ConfigDict(dict(kind="sdvae", checkpoint=str(tmp_path / "vocoder")))
