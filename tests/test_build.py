@@ -5,6 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import synthetic_tiny
 from rflav_jax import model_folder, standins
 from rflav_jax.build import Built, build, build_flav, build_video_codec, build_vocoder, check_config_matches
 from rflav_jax.codecs.pixel import PixelCodec
@@ -36,6 +37,24 @@ def test_converted_folder_round_trip_and_runtime_overrides(tmp_path):
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params, restored_params)))
   del config.hidden_size  # fields the config leaves out come from the checkpoint
   assert build_flav(config, str(folder))[0].hidden_size == 32
+
+
+def test_build_makes_every_network_of_a_sampling_config_reading_each_folder_once(tmp_path, monkeypatch):
+  config = synthetic_tiny.get_config()
+  config.model = ml_collections.ConfigDict(TINY)
+  model, params = build_flav(config.model, seed=2)
+  config.checkpoint = str(model_folder.write(tmp_path / "flav", "flav", params, flav_args(model),
+                                             {"source": "test", "sha256": None}))
+  small = {**standins.HIFIGAN_V1_256_MELS, "num_mels": 16, "upsample_initial_channel": 16}
+  config.vocoder.update(kind="hifigan", checkpoint=str(standins.write_vocoder(tmp_path / "vocoder", small)))
+  reads = []
+  read = model_folder.read
+  monkeypatch.setattr(model_folder, "read", lambda folder, kind=None: reads.append(kind) or read(folder, kind))
+  built = build(config)
+  assert isinstance(built, Built) and reads == ["flav", "vocoder"]
+  assert flav_args(built.model) == flav_args(model) and isinstance(built.codec, PixelCodec)
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params, built.params)))
+  assert built.vocoder.hifigan[0].config.num_mels == 16 and built.vocoder.audio_scale == config.audio_scale
 
 
 def test_every_contradiction_is_named():
