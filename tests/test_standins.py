@@ -16,7 +16,7 @@ count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 def test_architectures_have_the_released_sizes():
   assert count(build.abstract_params(AutoencoderKL(VaeConfig.from_diffusers(standins.SD_VAE_FT_EMA)))) == 83_653_863
   b1 = flav_from_config(flav_b1_aist.get_config().model)
-  assert round(count(jax.eval_shape(b1.init, jax.random.key(0), *dummy_inputs(b1))["params"]) / 1e6) == 324  # RFLAV.md
+  assert round(count(jax.eval_shape(b1.init, jax.random.key(0), *dummy_inputs(b1))["params"]) / 1e6) == 324
   vocoder = HifiGanConfig.from_dict(standins.HIFIGAN_V1_256_MELS)
   assert np.prod(vocoder.upsample_rates) == MelParams().hop_length and vocoder.num_mels == MelParams().n_mels
   assert model_folder.release_kind(standins.SD_VAE_FT_EMA) == "sdvae"

@@ -72,7 +72,7 @@ def model_from_official_args(**official_kwargs) -> FLAV:
 def flav_from_official(state_dict: Mapping[str, np.ndarray], **official_kwargs) -> tuple[FLAV, dict]:
   """Builds FLAV from official constructor arguments and loads an official state dict into it.
 
-  Returns (model, params) with `model.apply({"params": params}, v, a, t, y)` as in DESIGN.md.
+  Returns (model, params) for `model.apply({"params": params}, v (B, T, H, W, C), a (B, T, 10, N), t (B, T), y (B,))`.
   Raises ConversionError listing every missing, unexpected or mis-shaped tensor.
   """
   model = model_from_official_args(**official_kwargs)
