@@ -198,6 +198,7 @@ def release_markers(kind: str, config: dict) -> list[str]:
 
 
 def _path(folder) -> pathlib.Path:
+  """The path object that every file access goes through (etils.epath.Path has the same methods)."""
   return pathlib.Path(folder)
 
 
