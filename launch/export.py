@@ -1,4 +1,4 @@
-r"""Exports a training checkpoint as a converted folder, for launch.sample and launch.evaluate.
+r"""Exports a training checkpoint as a model folder (model.json + params/), for launch.sample and launch.evaluate.
 
   python -m launch.export --workdir=workdir/tiny                  # newest step -> workdir/tiny/export_step_<step>
   python -m launch.export --workdir=workdir/tiny --step=8000 --output_dir=/tmp/step_8000

@@ -1,11 +1,11 @@
-r"""Writes random-weight stand-ins of the three releases as converted folders, to time the sampling command.
+r"""Writes random-weight stand-ins of the three releases as model folders, to time the sampling command.
 
   python -m launch.make_standins --output_dir=/tmp/standins      # FLAV-B/1 (AIST++ config), sd-vae-ft-ema, HiFi-GAN
   python -m launch.sample --config=configs/flav_b1_aist.py --config.checkpoint=/tmp/standins/flav \
       --config.codec.checkpoint=/tmp/standins/sdvae --config.vocoder.checkpoint=/tmp/standins/vocoder \
       --config.sample.num_frames=40 --output_dir=/tmp/standin_stream
 
-They cost what the released weights cost (same architectures: rflav_jax/convert/standins.py) and make noise; use
+They cost what the released weights cost (same architectures: rflav_jax/standins.py) and make noise; use
 them where the releases cannot be downloaded (docs/PERFORMANCE.md, end-to-end sampling).
 """
 import pathlib
@@ -14,7 +14,7 @@ import time
 from absl import flags, logging
 
 from rflav_jax import cli
-from rflav_jax.convert import standins
+from rflav_jax import standins
 from rflav_jax.train.progress import quiet_library_logs
 
 _CONFIG = cli.define_config("config", "configs/flav_b1_aist.py", "Sampling config whose model the FLAV "

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from rflav_jax.build import build_flav, build_video_codec, build_vocoder
 from rflav_jax.codecs import audio
 from rflav_jax.codecs.pixel import to_uint8
-from rflav_jax.convert.from_config import build_flav, build_video_codec, build_vocoder
 from rflav_jax.flow.guidance import velocity_for_label
 from rflav_jax.flow.progress import CallProgress, counted, log_frames
 from rflav_jax.flow.sampling import (RollingSampler, check_stochasticity, generate_audio_from_video,

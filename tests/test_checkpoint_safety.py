@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from rflav_jax.convert import export
+from rflav_jax import model_folder
+from rflav_jax.convert import convert_release, load_flav, load_sdvae, load_vocoder
 from rflav_jax.convert.checkpoint_io import CheckpointFormatError, read_checkpoint
-from rflav_jax.convert.release import convert_release, load_flav, load_sdvae, load_vocoder
 from test_convert import fixture_release
 
 torch = pytest.importorskip("torch", reason="torch (a test extra: requirements-test.txt) writes the .pt files")
@@ -312,15 +312,11 @@ def test_truncated_and_damaged_release_files_are_named(tmp_path):
 def test_converted_folders_move_and_old_or_damaged_ones_are_explained(tmp_path):
   release, d = fixture_release(tmp_path, "safetensors")
   converted = convert_release("flav", release, tmp_path / "converted")
-  assert export.load_config(converted / "config.py").checkpoint == "params"
+  assert model_folder.read(converted).params == converted / "params"
   (tmp_path / "elsewhere").mkdir()
   moved = shutil.move(converted, tmp_path / "elsewhere" / "flav")
   model, params = load_flav(moved)
   np.testing.assert_array_equal(params["video_final_layer"]["linear"]["bias"], d["param/video_final_layer.linear.bias"])
-  config = pathlib.Path(moved, "config.py")
-  config.write_text(config.read_text().replace("'params'", repr(str(tmp_path / "converted" / "params"))))
-  with pytest.raises(FileNotFoundError, match="no longer exists.*older launch.convert.*Run launch.convert again"):
-    load_flav(moved)
   with pytest.raises(FileNotFoundError, match="release folder .* not been converted: run launch.convert first.*"
                      "--kind=flav"):
     load_flav(release)
@@ -333,8 +329,8 @@ def test_converted_folders_move_and_old_or_damaged_ones_are_explained(tmp_path):
   next(p for p in (fresh / "params").rglob("*") if p.name == "_METADATA").write_text("{\"tree")
   with pytest.raises(CheckpointFormatError, match="fresh/params: the Orbax checkpoint cannot be restored"):
     load_flav(fresh)
-  (fresh / "config.py").write_text("def get_config(:\n")
-  with pytest.raises(CheckpointFormatError, match="fresh/config.py: damaged config file"):
+  (fresh / "model.json").write_text('{"kind": "fl')
+  with pytest.raises(CheckpointFormatError, match="fresh/model.json: damaged"):
     load_flav(fresh)
 
 

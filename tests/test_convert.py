@@ -1,4 +1,5 @@
 """Converting release folders: weight files read without PyTorch, Orbax output, the launcher."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -8,8 +9,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from conftest import load_fixture, rel_l2
+from rflav_jax.convert import convert_release, load_flav, load_sdvae, load_vocoder
 from rflav_jax.convert.checkpoint_io import CheckpointFormatError, read_checkpoint
-from rflav_jax.convert.release import convert_release, load_flav
 
 torch = pytest.importorskip("torch", reason="torch (a test extra: requirements-test.txt) writes the .pt files")
 
@@ -34,7 +35,12 @@ def fixture_release(tmp_path, fmt):
 def test_converted_release_reproduces_official_outputs(tmp_path, fmt):
   folder, d = fixture_release(tmp_path, fmt)
   out = convert_release("flav", folder, tmp_path / "converted")
-  assert (out / "config.py").exists() and (out / "params").is_dir()
+  assert (out / "model.json").exists() and (out / "params").is_dir() and not (out / "config.py").exists()
+  weights = folder / ("model.safetensors" if fmt == "safetensors" else "ckpt.pt")
+  description = json.loads((out / "model.json").read_text())
+  assert description["provenance"] == {"source": str(weights.absolute()),
+                                       "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+  assert (description["kind"], description["storage_dtype"]) == ("flav", "float32")
   model, params = load_flav(out)
   assert model.num_classes == 3 and model.causal_attn and model.remat
   v, a = d["in/v"].transpose(0, 1, 3, 4, 2), d["in/a"][:, :, 0].transpose(0, 1, 3, 2)
@@ -86,7 +92,6 @@ def test_convert_launcher_documents_every_flag():
 
 
 def test_codec_releases_convert_and_load(tmp_path):
-  from rflav_jax.convert.release import load_sdvae, load_vocoder  # pylint: disable=g-import-not-at-top
   vae = load_fixture("sdvae_small.npz")
   folder = tmp_path / "vae"
   folder.mkdir()

@@ -5,7 +5,7 @@ import pathlib
 import subprocess
 import sys
 
-from rflav_jax.convert import release
+from rflav_jax.convert import load_flav
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def test_tiny_part_packs_a_run_whose_export_loads(tmp_path):
   archive = b"".join(part.read_bytes() for part in parts)
   subprocess.run(["tar", "xz", "-C", str(unpacked)], input=archive, check=True)
   assert {"export", "metrics.jsonl", "loss_curve.png", "train.log"} <= {p.name for p in unpacked.iterdir()}
-  model, _ = release.load_flav(unpacked / "export")
+  model, _ = load_flav(unpacked / "export")
   assert (model.patch_size, model.depth) == (4, 2)
 
 

@@ -16,9 +16,8 @@ import pytest
 
 from conftest import media_file
 from configs import synthetic_tiny
-from rflav_jax import sample
-from rflav_jax.convert import standins
-from rflav_jax.convert.from_config import build_flav
+from rflav_jax import sample, standins
+from rflav_jax.build import build_flav
 from rflav_jax.flow.progress import CallProgress
 from rflav_jax.media import write_wav
 from rflav_jax.media.align import FrameAligner
@@ -171,7 +170,7 @@ def test_bad_inputs_are_refused_before_any_compute(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError, match="missing does not exist; pass a folder written by launch.convert"):
     sample.sample(config, tmp_path / "out")
   config.checkpoint = str(tmp_path)
-  with pytest.raises(FileNotFoundError, match="holds no config.py"):
+  with pytest.raises(FileNotFoundError, match="holds no model.json"):
     sample.sample(config, tmp_path / "out")
   assert not (tmp_path / "out").exists()
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from configs import synthetic_tiny, train_synthetic_tiny
+from rflav_jax import model_folder
+from rflav_jax.build import build_flav
 from rflav_jax.codecs.audio import frames_from_mel, mel_from_waveform
-from rflav_jax.convert.from_config import build_flav
 from rflav_jax.data import synthetic
 from rflav_jax.eval import evaluate, generate, synthetic_av
 from rflav_jax.media.reader import read_clip
@@ -135,7 +136,7 @@ def test_the_training_recipe_in_the_repo_is_the_shipped_model():
   recipe = train_synthetic_tiny.get_config("gpu")
   model, _ = build_flav(recipe.model, synthetic_tiny.get_config().checkpoint)  # refuses any contradiction
   assert model.hidden_size == recipe.model.hidden_size and recipe.train.export_dtype == "float16"
-  assert "step 16000" in (pathlib.Path(synthetic_tiny.get_config().checkpoint) / "config.py").read_text()
+  assert "step 16000" in model_folder.read(synthetic_tiny.get_config().checkpoint).provenance["source"]
   assert recipe.train.num_steps == 16000
 
 

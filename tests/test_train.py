@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from configs import train_synthetic_tiny
 from conftest import rel_l2
-from rflav_jax.convert import release
+from rflav_jax.convert import load_flav
 from rflav_jax.train import checkpointing, trainer
 from rflav_jax.train.state import ema_decay_fn
 
@@ -82,7 +82,7 @@ def test_one_step_updates_params_and_writes_metrics(tmp_path):
     assert name in record
   assert record["step"] == 1 and np.isfinite(record["loss"]) and record["grad_norm"] > 0
   initial = saved_state(tmp_path)
-  model, exported = release.load_flav(tmp_path / "export")
+  model, exported = load_flav(tmp_path / "export")
   assert model.hidden_size == 32 and config.train.export_dtype == "float16"  # stored in half, loaded as float32
   as_stored = jax.tree.map(lambda x: x.astype(np.float16).astype(np.float32), initial["ema_params"])
   assert_states_equal(jax.tree.map(np.asarray, exported), as_stored)
@@ -156,7 +156,7 @@ def test_kill_9_at_a_random_moment_then_resume_gives_the_same_weights(tmp_path):
   run.wait()
   check_ok(launch(tmp_path / "killed", *common))
   assert_states_equal(saved_state(tmp_path / "killed"), saved_state(tmp_path / "straight"))
-  straight, resumed = (release.load_flav(tmp_path / name / "export")[1] for name in ("straight", "killed"))
+  straight, resumed = (load_flav(tmp_path / name / "export")[1] for name in ("straight", "killed"))
   jax.tree.map(np.testing.assert_array_equal, straight, resumed)
 
 
@@ -192,7 +192,7 @@ def test_export_of_any_kept_step_holds_that_steps_weights(tmp_path):
   check_ok(exported)
   assert "wrote step 10" in exported.stdout
   # The newest step, stored as the run's export_dtype: the folder training wrote itself, bit for bit.
-  newest, trained = (release.load_flav(tmp_path / name)[1] for name in ("export_step_10", "export"))
+  newest, trained = (load_flav(tmp_path / name)[1] for name in ("export_step_10", "export"))
   jax.tree.map(np.testing.assert_array_equal, newest, trained)
 
   # An earlier step in float32: exactly the EMA (or raw) weights its checkpoint holds, not the newest ones.
@@ -200,7 +200,7 @@ def test_export_of_any_kept_step_holds_that_steps_weights(tmp_path):
   for weights, name in (("ema", "ema_params"), ("params", "params")):
     folder, step = checkpointing.export_step(tmp_path, 5, tmp_path / weights, weights, storage_dtype="float32")
     assert step == 5
-    jax.tree.map(np.testing.assert_array_equal, release.load_flav(folder)[1], stored[name])
+    jax.tree.map(np.testing.assert_array_equal, load_flav(folder)[1], stored[name])
   later = saved_state(tmp_path, 10)["ema_params"]
   assert not np.array_equal(stored["ema_params"]["v_embedder"]["kernel"], later["v_embedder"]["kernel"])
 
@@ -317,7 +317,7 @@ print(total / 1e9, per_device / 1e9)
 
 
 def test_sdvae_codec_trains_on_its_latents(tmp_path):
-  from rflav_jax.convert import standins
+  from rflav_jax import standins
   folder = standins.write_sdvae(tmp_path / "vae", {"block_out_channels": [8, 8], "norm_num_groups": 4,
                                                     "latent_channels": 4})
   config = micro_config(num_steps=2, checkpoint_every=2)

@@ -27,6 +27,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from rflav_jax.errors import CheckpointFormatError
+
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64,
     "FloatStorage": np.float32,
@@ -53,10 +55,6 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e"
 _MAX_NESTING = 100
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-
-
-class CheckpointFormatError(ValueError):
-  """A weight file that cannot be read: truncated, damaged, of an unknown format, or holding more than data."""
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:

@@ -6,12 +6,12 @@ Every Flax parameter path has one official name, derived by `official_name`; e.g
 import re
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 
+from rflav_jax.build import abstract_params
 from rflav_jax.convert import param_mapping
 from rflav_jax.convert.param_mapping import CONV, IDENTITY, LINEAR, Layout, Source
-from rflav_jax.models.flav import FLAV, dummy_inputs
+from rflav_jax.models.flav import FLAV
 
 # Arguments of the official FLAV constructor (and of a release's config.json) -> FLAV attributes.
 OFFICIAL_ARGS = {
@@ -69,15 +69,10 @@ def model_from_official_args(**official_kwargs) -> FLAV:
   return FLAV(**kwargs)
 
 
-def abstract_params(model: FLAV) -> dict:
-  """The model's parameter tree as ShapeDtypeStructs (no computation)."""
-  return jax.eval_shape(model.init, jax.random.key(0), *dummy_inputs(model))["params"]
-
-
 def flav_from_official(state_dict: Mapping[str, np.ndarray], **official_kwargs) -> tuple[FLAV, dict]:
   """Builds FLAV from official constructor arguments and loads an official state dict into it.
 
-  Returns (model, params) with `model.apply({"params": params}, v, a, t, y)` as in DESIGN.md.
+  Returns (model, params) for `model.apply({"params": params}, v (B, T, H, W, C), a (B, T, 10, N), t (B, T), y (B,))`.
   Raises ConversionError listing every missing, unexpected or mis-shaped tensor.
   """
   model = model_from_official_args(**official_kwargs)

@@ -10,10 +10,10 @@ import pathlib
 import re
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rflav_jax.build import abstract_params
 from rflav_jax.codecs.hifigan import HifiGanConfig, HifiGanGenerator
 from rflav_jax.convert import param_mapping
 from rflav_jax.convert.checkpoint_io import read_release
@@ -60,12 +60,6 @@ def select_generator(checkpoint: Any) -> Mapping[str, np.ndarray]:
   found = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
   raise ValueError(f"vocoder checkpoint holds {found}; expected a generator state dict or a dict with a "
                    "'generator' entry (the released vocoder.pt / g_* files).")
-
-
-def abstract_params(model: HifiGanGenerator) -> dict:
-  """The parameter tree as ShapeDtypeStructs (no computation)."""
-  mel = jnp.zeros((1, 8, model.config.num_mels))
-  return jax.eval_shape(model.init, jax.random.key(0), mel)["params"]
 
 
 def hifigan_from_official(state_dict: Mapping[str, Any], config: Mapping[str, Any],

@@ -9,10 +9,10 @@ import pathlib
 import re
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rflav_jax.build import abstract_params
 from rflav_jax.codecs.sdvae import AutoencoderKL, VaeConfig
 from rflav_jax.convert import param_mapping
 from rflav_jax.convert.checkpoint_io import read_release
@@ -31,13 +31,6 @@ def diffusers_names(path: tuple[str, ...]) -> list[str]:
     if f".{new}." in name:
       return [name, name.replace(f".{new}.", f".{old}.")]
   return [name]
-
-
-def abstract_params(model: AutoencoderKL) -> dict:
-  """The parameter tree as ShapeDtypeStructs (no computation)."""
-  size = model.config.downsample_factor
-  image = jnp.zeros((1, size, size, model.config.in_channels))
-  return jax.eval_shape(model.init, jax.random.key(0), image)["params"]
 
 
 def sdvae_from_diffusers(state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any],

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from absl import logging
 
-from rflav_jax.convert.from_config import build_flav
+from rflav_jax.build import build_flav
 from rflav_jax.data import synthetic
 from rflav_jax.eval import generate, synthetic_av
 

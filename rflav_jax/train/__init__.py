@@ -6,7 +6,7 @@ step           one update: rolling flow loss, micro-batch accumulation, non-fini
 parallel       the device mesh, shardings of state and batch, host batches -> global arrays, multi-process start
 input          config.data -> this host's batches from the step on (synthetic set, TFDS datasets, SD-VAE latents)
 checkpointing  Orbax CheckpointManager: state + model arguments + config, resume, model/config agreement,
-               export of any kept step as a converted folder
+               export of any kept step as a model folder
 progress       console lines, metrics.jsonl and TensorBoard of process 0
 trainer        train_and_evaluate(config, workdir): the loop that joins them
 """

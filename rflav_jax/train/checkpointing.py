@@ -8,8 +8,8 @@ Saves are asynchronous (training goes on while a save is written) and atomic: a 
 is complete, so a run killed mid-save restarts from the previous one. Retention: the newest `keep`
 checkpoints, plus every `keep_every`-th step if set.
 
-`export_step` writes any kept step's weights as a converted folder (what training writes to DIR/export at its end),
-so a step can be sampled or evaluated while the run goes on.
+`export_step` writes any kept step's weights as a model folder (what training writes to DIR/export at its end), so
+a step can be sampled or evaluated while the run goes on.
 """
 import json
 import pathlib
@@ -17,8 +17,8 @@ import pathlib
 import jax
 import orbax.checkpoint as ocp
 
-from rflav_jax.convert import export
-from rflav_jax.convert.from_config import check_config_matches
+from rflav_jax import model_folder
+from rflav_jax.build import check_config_matches
 
 WEIGHTS = ("ema", "params")  # which weights of a TrainState an export takes: the EMA (as training does) or the raw
 
@@ -104,17 +104,16 @@ def abstract_with_shardings(abstract_state, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
 
 
-def save_export(out_dir: str | pathlib.Path, params, model_args: dict, run: str, step: int, weights: str = "ema",
-                storage_dtype: str = "float32") -> pathlib.Path:
-  """Writes `params` of step `step` of the run named `run` as a converted folder (params/ + config.py)."""
-  kind = "EMA weights" if weights == "ema" else "raw weights"
-  return export.save_converted(out_dir, "flav", params, model_args, f"training in {run}, step {step} ({kind})",
-                               storage_dtype)
+def save_export(out_dir: str | pathlib.Path, params, model_args: dict, workdir: str | pathlib.Path, step: int,
+                weights: str = "ema", storage_dtype: str = "float32") -> pathlib.Path:
+  """Writes `params` (`weights`, see WEIGHTS) of step `step` of the run in `workdir` as a model folder."""
+  provenance = {"source": str(pathlib.Path(workdir).absolute()), "sha256": None, "step": step, "weights": weights}
+  return model_folder.write(out_dir, "flav", params, model_args, provenance, storage_dtype)
 
 
 def export_step(workdir: str | pathlib.Path, step: int | None = None, out_dir: str | pathlib.Path | None = None,
                 weights: str = "ema", storage_dtype: str | None = None) -> tuple[pathlib.Path, int]:
-  """Exports step `step` (default: the newest) of the run in `workdir` as a converted folder; returns (folder, step).
+  """Exports step `step` (default: the newest) of the run in `workdir` as a model folder; returns (folder, step).
 
   out_dir defaults to workdir/export_step_<step>; storage_dtype to the run's config.train.export_dtype.
   """
@@ -135,7 +134,7 @@ def export_step(workdir: str | pathlib.Path, step: int | None = None, out_dir: s
       storage_dtype = checkpoints.stored_config(step).get("train", {}).get("export_dtype", "float32")
     params = checkpoints.restore_on_host(step)["ema_params" if weights == "ema" else "params"]
     out_dir = workdir / f"export_step_{step}" if out_dir is None else out_dir
-    folder = save_export(out_dir, params, checkpoints.stored_model(step), workdir.name, step, weights, storage_dtype)
+    folder = save_export(out_dir, params, checkpoints.stored_model(step), workdir, step, weights, storage_dtype)
   finally:
     checkpoints.close()
   return folder, step

@@ -2,7 +2,7 @@
 
 Everything goes to `workdir`: checkpoints/ (Orbax), config.json (the resolved config), metrics.jsonl,
 tensorboard/, samples/step_<n>/ (mp4 + PNG previews from the EMA weights) and export/ (the EMA weights as a
-converted folder: `launch.sample --config.checkpoint=DIR/export`; `launch.export` writes one of any kept step).
+model folder: `launch.sample --config.checkpoint=DIR/export`; `launch.export` writes one of any kept step).
 Running it again on the same workdir continues the run; a run killed at any moment and restarted ends with the
 same weights as one never stopped.
 
@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from rflav_jax import sample
-from rflav_jax.convert.from_config import build_flav, build_video_codec
+from rflav_jax.build import build_flav, build_video_codec
 from rflav_jax.models import flops
 from rflav_jax.models.flav import FLAV, dummy_inputs, flav_args, flav_from_config
 from rflav_jax.train import checkpointing, input as train_input, optimizer as optim, parallel
@@ -114,7 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   # Devices and model.
   mesh = parallel.make_mesh(train.fsdp)
-  # config.checkpoint: a converted folder to start from (fine-tuning); empty: fresh weights from config.seed.
+  # config.checkpoint: a model folder to start from (fine-tuning); empty: fresh weights from config.seed.
   model, start_params = build_flav(config.model, config.checkpoint) if config.checkpoint else (
       flav_from_config(config.model), None)
   optimizer = optim.make_optimizer(config.optim, train.num_steps)
@@ -205,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     progress.close()
 
   ema = parallel.to_host(state.ema_params, mesh)
-  folder = checkpointing.save_export(workdir / "export", ema, flav_args(model), workdir.name, step,
+  folder = checkpointing.save_export(workdir / "export", ema, flav_args(model), workdir, step,
                                      storage_dtype=train.export_dtype)
   if is_main:
     logging.info("exported the EMA weights of step %d to %s", step, folder)

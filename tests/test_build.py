@@ -1,13 +1,15 @@
-"""Configs -> (model, params), codecs and vocoders: fresh and converted weights, config/checkpoint agreement."""
+"""Configs -> (model, params), codecs and vocoders: fresh weights and model folders, config/checkpoint agreement."""
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from configs import synthetic_tiny
+from rflav_jax import model_folder, standins
+from rflav_jax.build import Built, build, build_flav, build_video_codec, build_vocoder, check_config_matches
+from rflav_jax.codecs.pixel import PixelCodec
 from rflav_jax.codecs.sdvae import SdVaeCodec
-from rflav_jax.convert import export, standins
-from rflav_jax.convert.from_config import build_flav, build_video_codec, build_vocoder, check_config_matches
 from rflav_jax.models.flav import FLAV, dummy_inputs, flav_args, init_params
 
 TINY = dict(latent_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=3,
@@ -28,13 +30,31 @@ def test_dummy_inputs_fit_the_model():
 def test_converted_folder_round_trip_and_runtime_overrides(tmp_path):
   config = ml_collections.ConfigDict(TINY)
   model, params = build_flav(config, seed=3)
-  folder = export.save_converted(tmp_path / "flav", "flav", params, flav_args(model), "test")
+  folder = model_folder.write(tmp_path / "flav", "flav", params, flav_args(model), {"source": "test", "sha256": None})
   config.update(dtype="bfloat16", remat=True, class_dropout_prob=0.0)  # runtime settings may change
   restored, restored_params = build_flav(config, str(folder))
   assert (restored.dtype, restored.remat, restored.depth) == (jnp.bfloat16, True, 1)
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params, restored_params)))
   del config.hidden_size  # fields the config leaves out come from the checkpoint
   assert build_flav(config, str(folder))[0].hidden_size == 32
+
+
+def test_build_makes_every_network_of_a_sampling_config_reading_each_folder_once(tmp_path, monkeypatch):
+  config = synthetic_tiny.get_config()
+  config.model = ml_collections.ConfigDict(TINY)
+  model, params = build_flav(config.model, seed=2)
+  config.checkpoint = str(model_folder.write(tmp_path / "flav", "flav", params, flav_args(model),
+                                             {"source": "test", "sha256": None}))
+  small = {**standins.HIFIGAN_V1_256_MELS, "num_mels": 16, "upsample_initial_channel": 16}
+  config.vocoder.update(kind="hifigan", checkpoint=str(standins.write_vocoder(tmp_path / "vocoder", small)))
+  reads = []
+  read = model_folder.read
+  monkeypatch.setattr(model_folder, "read", lambda folder, kind=None: reads.append(kind) or read(folder, kind))
+  built = build(config)
+  assert isinstance(built, Built) and reads == ["flav", "vocoder"]
+  assert flav_args(built.model) == flav_args(model) and isinstance(built.codec, PixelCodec)
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params, built.params)))
+  assert built.vocoder.hifigan[0].config.num_mels == 16 and built.vocoder.audio_scale == config.audio_scale
 
 
 def test_every_contradiction_is_named():
@@ -58,13 +78,14 @@ def test_bad_folders_are_named_before_loading(tmp_path):
   config = ml_collections.ConfigDict(TINY)
   with pytest.raises(FileNotFoundError, match="does not exist; pass a folder written by launch.convert"):
     build_flav(config, str(tmp_path / "missing"))
-  with pytest.raises(FileNotFoundError, match="holds no config.py"):
+  with pytest.raises(FileNotFoundError, match="holds no model.json"):
     build_flav(config, str(tmp_path))
   (tmp_path / "release").mkdir()
   (tmp_path / "release" / "config.json").write_text('{"hidden_size": 32, "depth": 1, "num_heads": 2}')
   with pytest.raises(FileNotFoundError, match="has not been converted: run launch.convert first"):
     build_flav(config, str(tmp_path / "release"))
-  export.save_converted(tmp_path / "vocoder", "vocoder", {"w": np.zeros(1)}, {"num_mels": 16}, "test")
+  model_folder.write(tmp_path / "vocoder", "vocoder", {"w": np.zeros(1)}, {"num_mels": 16},
+                     {"source": "test", "sha256": None})
   with pytest.raises(ValueError, match="holds a converted 'vocoder', not a 'flav'"):
     build_flav(config, str(tmp_path / "vocoder"))
   codec = ml_collections.ConfigDict(dict(kind="sdvae", checkpoint=str(tmp_path / "vocoder")))

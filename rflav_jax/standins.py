@@ -1,17 +1,17 @@
-"""Converted folders of random weights with a release's architecture, where the real weights are not at hand.
+"""Model folders of random weights with a release's architecture, where the real weights are not at hand.
 
 A stand-in runs exactly as long as the release it stands for (same shapes, same programs), but what it makes is
 noise: it is for measuring speed (`launch.make_standins`, docs/PERFORMANCE.md) and for tests of the wiring.
-Each folder is what `launch.convert` writes (params/ + config.py) and loads through the same functions.
+Each folder is what `launch.convert` writes (model.json + params/) and loads through the same functions.
 """
 import pathlib
 
 import jax
 import jax.numpy as jnp
 
+from rflav_jax import model_folder
 from rflav_jax.codecs.hifigan import HifiGanConfig, HifiGanGenerator
 from rflav_jax.codecs.sdvae import AutoencoderKL, VaeConfig
-from rflav_jax.convert import export
 from rflav_jax.models.flav import flav_args, flav_from_config, init_params
 
 # stabilityai/sd-vae-ft-ema's config.json (architecture keys): 83,653,863 parameters.
@@ -26,13 +26,13 @@ HIFIGAN_V1_256_MELS = {
     "upsample_initial_channel": 512, "resblock": "1", "resblock_kernel_sizes": [3, 7, 11],
     "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]]}
 
-_SOURCE = "random weights (a stand-in: rflav_jax/convert/standins.py)"
+_PROVENANCE = {"source": "random weights (a stand-in: rflav_jax/standins.py)", "sha256": None}
 
 
 def write_flav(folder: str | pathlib.Path, model_config, seed: int = 0, storage_dtype: str = "float32") -> pathlib.Path:
   """A FLAV of `model_config` (a config.model mapping, e.g. FLAV-B/1's) with the weights of its initialisers."""
   model = flav_from_config(model_config)
-  return export.save_converted(folder, "flav", init_params(model, seed), flav_args(model), _SOURCE, storage_dtype)
+  return model_folder.write(folder, "flav", init_params(model, seed), flav_args(model), _PROVENANCE, storage_dtype)
 
 
 def write_sdvae(folder: str | pathlib.Path, config: dict = SD_VAE_FT_EMA, seed: int = 0) -> pathlib.Path:
@@ -40,11 +40,11 @@ def write_sdvae(folder: str | pathlib.Path, config: dict = SD_VAE_FT_EMA, seed: 
   model = AutoencoderKL(VaeConfig.from_diffusers(config))
   size = model.config.downsample_factor
   params = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, size, size, model.config.in_channels)))["params"]
-  return export.save_converted(folder, "sdvae", params, dict(config), _SOURCE)
+  return model_folder.write(folder, "sdvae", params, dict(config), _PROVENANCE)
 
 
 def write_vocoder(folder: str | pathlib.Path, config: dict = HIFIGAN_V1_256_MELS, seed: int = 0) -> pathlib.Path:
   """A HiFi-GAN generator of the vocoder `config` (default: V1 size, 256 mels, x160)."""
   model = HifiGanGenerator(HifiGanConfig.from_dict(config))
   params = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 8, model.config.num_mels)))["params"]
-  return export.save_converted(folder, "vocoder", params, dict(config), _SOURCE)
+  return model_folder.write(folder, "vocoder", params, dict(config), _PROVENANCE)
