@@ -16,6 +16,7 @@ import subprocess
 import sys
 import zipfile
 
+import ml_dtypes
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -129,6 +130,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_fuzzed_files_load_exactly_or_raise_checkpoint_format_error(tmp_path):
   rng = np.random.default_rng(0)
   mutants, expected = tmp_path / "mutants", {}  # file name -> digest, "error" or "truncated"
@@ -300,13 +302,31 @@ def test_truncated_and_damaged_release_files_are_named(tmp_path):
   folder, _ = fixture_release(tmp_path / "st", "safetensors")
   path = folder / "model.safetensors"
   path.write_bytes(path.read_bytes()[:-100])
-  with pytest.raises(CheckpointFormatError, match=r"model.safetensors: truncated: the tensors need"):
+  with pytest.raises(CheckpointFormatError, match=r"model.safetensors: truncated or damaged safetensors file "
+                     r"\(\d+ bytes\): .*file not fully covered; copy or download the file again$"):
     convert_release("flav", folder, tmp_path / "out")
   data = bytearray(path.read_bytes())
   data[8:12] = b"\xff\xfe{["
   path.write_bytes(bytes(data))
-  with pytest.raises(CheckpointFormatError, match=r"model.safetensors: header unreadable"):
+  with pytest.raises(CheckpointFormatError, match=r"model.safetensors: truncated or damaged .*invalid UTF-8 in header"):
     convert_release("flav", folder, tmp_path / "out")
+
+
+def test_safetensors_of_every_supported_dtype_load_bit_exactly_and_others_are_named(tmp_path):
+  arrays = {"bf16": (np.arange(6) / 4 - 0.5).astype(ml_dtypes.bfloat16).reshape(2, 3),
+            "e4m3": np.linspace(-2, 2, 5).astype(ml_dtypes.float8_e4m3fn),
+            "e5m2": np.linspace(-8, 8, 3).astype(ml_dtypes.float8_e5m2).reshape(1, 3),
+            "f16": np.array(2.5, np.float16), "u8": np.arange(4, dtype=np.uint8), "flag": np.array([True, False]),
+            "empty": np.zeros((0, 3), np.float32)}
+  save_file(arrays, str(tmp_path / "all.safetensors"))
+  loaded = read_checkpoint(tmp_path / "all.safetensors")
+  assert digest(loaded) == digest(arrays)
+  assert {k: v.dtype for k, v in loaded.items()} == {k: v.dtype for k, v in arrays.items()}  # V1, V2 in digests
+  packed = json.dumps({"w": {"dtype": "F4", "shape": [4], "data_offsets": [0, 2]}}).encode()
+  (tmp_path / "fp4.safetensors").write_bytes(struct.pack("<Q", len(packed)) + packed + bytes(2))
+  with pytest.raises(CheckpointFormatError, match="fp4.safetensors: tensor 'w' is F4, which this reader does not "
+                     "support"):
+    read_checkpoint(tmp_path / "fp4.safetensors")
 
 
 def test_converted_folders_move_and_old_or_damaged_ones_are_explained(tmp_path):

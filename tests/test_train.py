@@ -4,6 +4,7 @@ Runs use configs/train_synthetic_tiny.py:micro (a FLAV of a few thousand weights
 Command-line runs go through `python -m launch.train` in subprocesses, as a user would start them.
 """
 import json
+import logging
 import os
 import pathlib
 import random
@@ -17,12 +18,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
 
 from configs import train_synthetic_tiny
 from conftest import rel_l2
 from rflav_jax.convert import load_flav
 from rflav_jax.train import checkpointing, trainer
+from rflav_jax.train.progress import Progress, tensorboard_writer
 from rflav_jax.train.state import ema_decay_fn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -73,6 +76,15 @@ def assert_states_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value)]} of the scalar summaries in `folder`, read with TensorBoard's own reader."""
+  events = EventAccumulator(str(folder), size_guidance={"tensors": 0})  # 0: keep every event
+  events.Reload()
+  return {tag: [(event.step, float(tensor_util.make_ndarray(event.tensor_proto))) for event in events.Tensors(tag)]
+          for tag in events.PluginTagToContent("scalars")}
+
+
+@pytest.mark.slow
 def test_one_step_updates_params_and_writes_metrics(tmp_path):
   config = micro_config(num_steps=1, log_every=1)
   state = trainer.train_and_evaluate(config, tmp_path)
@@ -86,11 +98,53 @@ def test_one_step_updates_params_and_writes_metrics(tmp_path):
   assert model.hidden_size == 32 and config.train.export_dtype == "float16"  # stored in half, loaded as float32
   as_stored = jax.tree.map(lambda x: x.astype(np.float16).astype(np.float32), initial["ema_params"])
   assert_states_equal(jax.tree.map(np.asarray, exported), as_stored)
-  events = EventAccumulator(str(tmp_path / "tensorboard"))  # read back with TensorBoard's own reader
-  events.Reload()
-  assert {"loss", "grad_norm", "lr", "samples_per_s"} <= set(events.Tags()["scalars"])
-  (logged,) = events.Scalars("loss")
-  assert logged.step == 1 and logged.value == np.float32(record["loss"])
+  scalars = tensorboard_scalars(tmp_path / "tensorboard")
+  assert {"loss", "grad_norm", "lr", "samples_per_s"} <= set(scalars)
+  assert scalars["loss"] == [(1, np.float32(record["loss"]))]
+
+
+def log_two_steps(workdir: pathlib.Path) -> list[dict]:
+  """The records of a Progress that logs steps 2 and 4 of a run into `workdir`."""
+  workdir.mkdir()
+  progress = Progress(workdir, first_step=0, num_steps=4, batch_size=2, flops_per_step=1e9, peak_flops=0, write=True)
+  metrics = [{"loss": 1.5, "loss_video": 1.0, "loss_audio": 0.5, "grad_norm": 2.0, "lr": 1e-4, "finite": True},
+             {"loss": 0.5, "loss_video": 0.25, "loss_audio": 0.25, "grad_norm": 1.0, "lr": 2e-4, "finite": False}]
+  records = [progress.log(2, metrics, 1), progress.log(4, metrics[1:], 2)]
+  progress.close()
+  return records
+
+
+def test_progress_writes_metrics_loss_curve_and_tensorboard_scalars(tmp_path):
+  records = log_two_steps(tmp_path / "run")
+  assert [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == records
+  assert records[0]["loss"] == 1.0 and records[1]["skipped"] == 2
+  assert (tmp_path / "run" / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
+  scalars = tensorboard_scalars(tmp_path / "run" / "tensorboard")
+  assert set(scalars) == set(records[0]) - {"step"}
+  for name, logged in scalars.items():
+    assert logged == [(record["step"], np.float32(record[name])) for record in records], name
+
+
+def test_without_tensorflow_training_says_so_once_and_still_writes_metrics(tmp_path, monkeypatch, caplog):
+  monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` raises ImportError
+  with caplog.at_level(logging.WARNING):
+    records = log_two_steps(tmp_path / "run")
+  (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert warning.startswith("TensorBoard summaries are off") and "install tensorflow and clu" in warning
+  assert [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == records
+  assert (tmp_path / "run" / "loss_curve.png").exists() and not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_tensorboard_goes_through_tensorflows_filesystems_which_include_gcs():
+  tf = pytest.importorskip("tensorflow")
+  assert "gs" in tf.io.gfile.get_registered_schemes()  # gs://bucket/run folders are written through it
+  writer = tensorboard_writer("ram://tensorboard")  # an in-memory filesystem of the same registry
+  writer.write_scalars(3, {"loss": 0.25})
+  writer.close()
+  (path,) = tf.io.gfile.glob("ram://tensorboard/events.out.tfevents.*")
+  logged = [(event.step, value.tag, float(tensor_util.make_ndarray(value.tensor)))
+            for event in tf.compat.v1.train.summary_iterator(path) for value in event.summary.value]
+  assert logged == [(3, "loss", 0.25)]
 
 
 def test_ema_decay_warms_up_and_is_capped():

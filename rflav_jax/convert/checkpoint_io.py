@@ -5,8 +5,8 @@
 files such as HiFi-GAN's `vocoder.pt` ({"generator": {...}, ...}). A file that is truncated, damaged or
 hostile raises `CheckpointFormatError` naming the file, the tensor where there is one, and what is wrong.
 
-safetensors: an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then
-the data. Every tensor must span exactly shape x itemsize bytes and together they must tile the data.
+safetensors files are read by the safetensors library, which checks the whole header against the file before it
+reads any data: every tensor must span exactly shape x itemsize bytes and together they must tile the data.
 
 PyTorch's `torch.save` format (torch >= 1.6) is a zip archive of stored (uncompressed) members: `<root>/data.pkl`,
 a pickle whose tensors refer to raw storages `<root>/data/<key>`. The unpickler below accepts only the opcodes
@@ -15,7 +15,6 @@ are checked against its storage before a view of it is made. Tensors share their
 """
 import io
 import json
-import math
 import os
 import pathlib
 import pickle
@@ -24,8 +23,9 @@ import struct
 import zipfile
 from typing import Any
 
-import ml_dtypes
+import ml_dtypes  # also lets numpy resolve the name 'bfloat16', as the safetensors reader asks it to
 import numpy as np
+import safetensors
 
 from rflav_jax.errors import CheckpointFormatError
 
@@ -43,13 +43,9 @@ _STORAGE_DTYPES = {
     "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
-}
-_SAFETENSORS_MAX_HEADER = 100 << 20  # bytes; the safetensors library's own limit
+# The safetensors library's numpy path asks numpy for these by attribute (numpy.float8_e4m3fn), which numpy lacks;
+# they are read at their header offsets once the library has checked the header (_read_float8).
+_FLOAT8_DTYPES = {"F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2}
 _ZIP_MAGIC = b"PK\x03\x04"
 # torch < 1.6 (or _use_new_zipfile_serialization=False) starts with the pickled magic number 0x1950a86a20f9469cfc6c.
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e"
@@ -133,60 +129,39 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
     raise CheckpointFormatError(f"{path}: damaged npz archive ({error})") from None
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-  keys = [k for k, _ in pairs]
-  duplicates = sorted({k for k in keys if keys.count(k) > 1})
-  if duplicates:
-    raise CheckpointFormatError(f"names {duplicates} appear more than once")
-  return dict(pairs)
-
-
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-  size = path.stat().st_size
-  if size < 8:
-    raise CheckpointFormatError(f"{path}: truncated: {size} bytes, less than the 8-byte header length")
-  data = np.fromfile(path, np.uint8)
-  header_size = int(data[:8].view("<u8")[0])
-  if header_size > _SAFETENSORS_MAX_HEADER:
-    raise CheckpointFormatError(f"{path}: header unreadable: it declares {header_size} bytes; not a safetensors file?")
-  if 8 + header_size > size:
-    raise CheckpointFormatError(f"{path}: truncated: the header declares {header_size} bytes, the file holds "
-                                f"{size - 8} after the length")
+  """{name: array} through the safetensors library's numpy reader; BF16 comes back as ml_dtypes.bfloat16."""
   try:
-    header = json.loads(data[8:8 + header_size].tobytes().decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-  except (UnicodeDecodeError, json.JSONDecodeError, CheckpointFormatError) as error:
-    raise CheckpointFormatError(f"{path}: header unreadable: {error}") from None
-  if not isinstance(header, dict):
-    raise CheckpointFormatError(f"{path}: header unreadable: a JSON {type(header).__name__}, expected an object")
-  header.pop("__metadata__", None)
-  entries = []  # (begin, end, name, dtype, shape) in header order
-  for name, entry in header.items():
-    try:
-      dtype, shape, (begin, end) = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]), entry["shape"], entry["data_offsets"]
-    except (KeyError, TypeError, ValueError):
-      raise CheckpointFormatError(
-          f"{path}: tensor {name!r}: header entry {entry!r} is not {{dtype ({', '.join(_SAFETENSORS_DTYPES)}), "
-          "shape, data_offsets: [begin, end]}") from None
-    if not (_is_index_list(shape) and _is_index_list([begin, end]) and begin <= end):
-      raise CheckpointFormatError(f"{path}: tensor {name!r}: invalid shape {shape} or data_offsets {[begin, end]}")
-    if end - begin != math.prod(shape) * dtype.itemsize:
-      raise CheckpointFormatError(
-          f"{path}: tensor {name!r}: shape mismatch: {dtype.name} {tuple(shape)} needs "
-          f"{math.prod(shape) * dtype.itemsize} bytes, data_offsets {[begin, end]} span {end - begin}")
-    entries.append((begin, end, name, dtype, tuple(shape)))
-  expected = 0
-  for begin, end, name, _, _ in sorted(entries, key=lambda e: e[:2]):
-    if begin != expected:
-      raise CheckpointFormatError(f"{path}: tensor {name!r}: data_offsets {[begin, end]} "
-                                  f"{'overlap' if begin < expected else 'leave a gap after'} the previous tensor's")
-    expected = end
-  held = size - 8 - header_size
-  if held < expected:
-    raise CheckpointFormatError(f"{path}: truncated: the tensors need {expected} bytes of data, the file holds {held}")
-  if held > expected:
-    raise CheckpointFormatError(f"{path}: {held - expected} bytes after the last tensor's data; damaged file?")
-  start = 8 + header_size
-  return {name: np.ndarray(shape, dtype.newbyteorder("<"), data, start + begin) for begin, _, name, dtype, shape in entries}
+    with safetensors.safe_open(path, framework="np") as f:  # checks the header against the file
+      dtypes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
+      arrays = {name: _numpy_tensor(f, name, dtype, path) for name, dtype in dtypes.items()
+                if dtype not in _FLOAT8_DTYPES}
+  except safetensors.SafetensorError as error:
+    raise CheckpointFormatError(f"{path}: truncated or damaged safetensors file ({path.stat().st_size} bytes): "
+                                f"{error}; copy or download the file again") from None
+  float8 = {name: dtype for name, dtype in dtypes.items() if dtype in _FLOAT8_DTYPES}
+  return {**arrays, **_read_float8(path, float8)} if float8 else arrays
+
+
+def _numpy_tensor(f, name: str, dtype: str, path: pathlib.Path) -> np.ndarray:
+  try:
+    return f.get_tensor(name)
+  except (AttributeError, TypeError):  # numpy has no type of that name
+    raise CheckpointFormatError(
+        f"{path}: tensor {name!r} is {dtype}, which this reader does not support (float, integer, BF16, "
+        f"{', '.join(_FLOAT8_DTYPES)}); save it in one of those") from None
+
+
+def _read_float8(path: pathlib.Path, dtypes: dict[str, str]) -> dict[str, np.ndarray]:
+  """The float8 tensors `dtypes` names, at the offsets of a header that safe_open has already checked."""
+  with open(path, "rb") as f:
+    header_size = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(header_size))
+  arrays = {}
+  for name, dtype in dtypes.items():
+    (begin, end), shape = header[name]["data_offsets"], header[name]["shape"]
+    arrays[name] = np.fromfile(path, _FLOAT8_DTYPES[dtype], end - begin, offset=8 + header_size + begin).reshape(shape)
+  return arrays
 
 
 def _is_index_list(values: Any) -> bool:

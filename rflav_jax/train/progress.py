@@ -2,9 +2,10 @@
 
 Each logged step gets one JSON line in metrics.jsonl with fixed names: step, loss, loss_video, loss_audio,
 grad_norm, lr (means over the steps since the last log), skipped (non-finite updates so far), steps_per_s,
-samples_per_s, tflops_per_s (analytic count, models.flops) and, when a peak is configured, mfu. The same
-scalars go to TensorBoard under DIR/tensorboard, and the loss curve to DIR/loss_curve.png. A resumed run first
-drops the lines logged after its checkpoint, so each step appears once.
+samples_per_s, tflops_per_s (analytic count, models.flops) and, when a peak is configured, mfu. The loss curve
+goes to DIR/loss_curve.png, and the same scalars to TensorBoard under DIR/tensorboard through clu's SummaryWriter
+(tf.summary), where TensorFlow and clu are installed. A resumed run first drops the lines logged after its
+checkpoint, so each step appears once.
 """
 import json
 import logging as py_logging
@@ -13,8 +14,6 @@ import time
 
 import numpy as np
 from absl import logging
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from rflav_jax.media.images import curve_image, write_png
 
@@ -38,19 +37,24 @@ def _duration(seconds: float) -> str:
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-class ScalarWriter:
-  """TensorBoard scalars through the tensorboard package alone (no TensorFlow: GPU hosts need not install it)."""
+def tensorboard_writer(folder: str):
+  """clu's SummaryWriter into `folder` (a path or any URL tf.io.gfile writes, such as gs://bucket/run), or None.
 
-  def __init__(self, folder: pathlib.Path):
-    self._writer = EventFileWriter(str(folder))
-
-  def write(self, step: int, scalars: dict[str, float]) -> None:
-    values = [summary_pb2.Summary.Value(tag=name, simple_value=float(value)) for name, value in scalars.items()]
-    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
-    self._writer.flush()
-
-  def close(self) -> None:
-    self._writer.close()
+  None, after one warning, where TensorFlow or clu is missing (GPU images often lack TensorFlow): the run trains
+  and writes metrics.jsonl as usual.
+  """
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only process 0, only for its summaries)
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  except ImportError as error:
+    logging.warning("TensorBoard summaries are off (%s): install tensorflow and clu (requirements.txt) to get them; "
+                    "metrics.jsonl and loss_curve.png are written as usual", error)
+    return None
+  try:
+    tf.config.set_visible_devices([], "GPU")  # TensorFlow only writes files here: the GPUs' memory stays JAX's
+  except RuntimeError:  # TensorFlow already runs (a TFDS input pipeline started it): its devices are fixed
+    pass
+  return metric_writers.SummaryWriter(folder)
 
 
 class Progress:
@@ -69,7 +73,7 @@ class Progress:
     if write:
       self._metrics = open(workdir / "metrics.jsonl", "w")
       self._metrics.writelines(json.dumps(record) + "\n" for record in self._history)
-    self._tensorboard = ScalarWriter(workdir / "tensorboard") if write else None
+    self._tensorboard = tensorboard_writer(str(workdir / "tensorboard")) if write else None
 
   def start(self, step: int) -> None:
     """Marks the end of the first step (and compilation), `step`: rates and ETA count from here."""
@@ -99,10 +103,13 @@ class Progress:
     self._history.append(record)
     write_png(self._workdir / "loss_curve.png",
               curve_image([r["step"] for r in self._history], [r["loss"] for r in self._history]))
-    self._tensorboard.write(step, {name: value for name, value in record.items() if name != "step"})
+    if self._tensorboard is not None:
+      self._tensorboard.write_scalars(step, {name: value for name, value in record.items() if name != "step"})
+      self._tensorboard.flush()
     return record
 
   def close(self) -> None:
     if self._write:
       self._metrics.close()
+    if self._tensorboard is not None:
       self._tensorboard.close()
