@@ -124,7 +124,8 @@ def from_torch_state_dict(state: dict[str, np.ndarray], source: str = "state dic
                                                              if array.ndim == 4 else array)
     elif not name.startswith(_TORCH_IGNORED):
       found[("unknown", name)] = (name, array)
-  if not any(path[0] == "heads" for path in found):
+  parts = {path[0] for path in found}
+  if "alexnet" in parts and "heads" not in parts:  # torchvision's AlexNet
     found.update(_installed_heads(source))
   return _assemble(found, source, "a state dict")
 
