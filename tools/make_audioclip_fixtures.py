@@ -1,4 +1,4 @@
-"""Records what MM-Diffusion's AudioCLIP code computes for FAD on small random inputs, into tests/data/audioclip_fad.npz.
+"""Records what MM-Diffusion's AudioCLIP code computes for FAD on small random inputs: tests/data/audioclip_fad.npz.
 
 The reference is MM-Diffusion (https://github.com/researchmm/MM-Diffusion) at make_eval_fixtures.COMMIT:
   evaluations/AudioCLIP/model/esresnet/base.py, fbsp.py, attention.py   ESResNeXtFBSP, AudioCLIP's audio network
@@ -35,8 +35,9 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "tests")]
-import audioclip_testing  # pylint: disable=wrong-import-position
-from make_eval_fixtures import COMMIT, REPOSITORY, checkout, function_from, import_file  # pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+import audioclip_testing
+from make_eval_fixtures import COMMIT, REPOSITORY, checkout, function_from, import_file
 
 SEED = 0
 AUDIO_SETTINGS = ("n_fft", "hop_length", "win_length", "window", "normalized", "onesided", "spec_height",
@@ -77,7 +78,8 @@ def evaluator_clip_samples(repo: pathlib.Path) -> tuple[int, list[int]]:
   namespace = {}
   for node in ast.parse((repo / "mm_diffusion/evaluator.py").read_text()).body:
     if isinstance(node, ast.Assign) and node.targets[0].id in ("AUDIO_RATE", "AUDIO_SIZE"):
-      exec(compile(ast.Module(body=[node], type_ignores=[]), "evaluator.py", "exec"), namespace)  # pylint: disable=exec-used
+      code = compile(ast.Module(body=[node], type_ignores=[]), "evaluator.py", "exec")
+      exec(code, namespace)  # pylint: disable=exec-used
   return namespace["AUDIO_RATE"], namespace["AUDIO_SIZE"]
 
 

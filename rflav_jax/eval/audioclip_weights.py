@@ -38,25 +38,22 @@ def _expected_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
   return {tuple(k.key for k in path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
 
 
-def _our_path(name: str) -> tuple[str, ...] | None:
-  """Our variable's path for a reference name ("layer1.0.downsample.1.running_var" -> ("batch_stats", "layer1_0",
-  "downsample_1", "var")); None for names that hold no variable of ours."""
-  parts = name.split(".")
+def _our_path(name: str) -> tuple[str, ...]:
+  """Our variable's path for a reference name: "layer1.0.downsample.1.running_var" -> ("batch_stats", "layer1_0",
+  "downsample_1", "var"); the window, a buffer of the network there, is a parameter of our "fbsp" module."""
+  if name == "window":
+    return ("params", "fbsp", "window")
+  *parts, leaf = name.split(".")
   modules = []
-  for part in parts[:-1]:
+  for part in parts:
     if part.isdigit() and modules:
       modules[-1] += f"_{part}"
     else:
       modules.append(part)
-  leaf = parts[-1]
-  if name == "window":
-    return ("params", "fbsp", "window")
-  if modules == ["fbsp"]:
-    return ("params", "fbsp", leaf)
   if modules and modules[-1] in _NORMS and leaf in _NORM_LEAVES:
     collection, ours = _NORM_LEAVES[leaf]
     return (collection, *modules, ours)
-  return ("params", *modules, {"weight": "kernel"}.get(leaf, leaf))
+  return ("params", *modules, "kernel" if leaf == "weight" else leaf)
 
 
 def _layout(array: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
@@ -92,8 +89,9 @@ def from_torch_state_dict(state: dict[str, np.ndarray], source: str = "state dic
   expected = _expected_shapes()
   found = {}
   for name, array in state.items():
-    if name.endswith("num_batches_tracked") or (name == "fbsp.bias" and array.size == 0):  # AudioCLIP's FBSP has
-      continue  # no bias: an empty parameter stands in for it
+    # AudioCLIP's FBSP layer has no bias; an empty parameter stands in for it.
+    if name.endswith("num_batches_tracked") or (name == "fbsp.bias" and array.size == 0):
+      continue
     found[_our_path(name)] = (name, array)
   missing = sorted(_torch_name(p) for p in expected if p not in found)
   unexpected = sorted(name for p, (name, _) in found.items() if p not in expected)
