@@ -186,7 +186,7 @@ def _write_conditional(generator: Generator, labels: np.ndarray, opts, seed: int
   if opts.condition == "audio":
     mel = audio.frames_from_mel(audio.mel_from_waveform(given))
     video = generator.video_for(repeat(mel[:num_frames + window]), labels, num_frames, seed=seed)
-    mel, wav = repeat(mel[:num_frames]), repeat(given[:num_frames * SAMPLES_PER_FRAME] / 32768)
+    mel, wav = mel[None], repeat(given[:num_frames * SAMPLES_PER_FRAME] / 32768)  # previews: the given mel
   else:
     frames = letterbox(given[:num_frames + window], generator.model.latent_size * generator.codec.downsample_factor)
     mel, wav = generator.audio_for(repeat(frames), labels, num_frames, seed=seed)

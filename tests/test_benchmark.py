@@ -68,6 +68,7 @@ def test_comparison_sets_figures_beside_the_reference():
   assert table.splitlines()[4].split() == ["train_remat", "peak_gb", "6", "12", "0.50x"]
 
 
+@pytest.mark.slow
 def test_training_in_micro_batches_needs_less_memory():
   # The same update as 4 accumulated micro-batches keeps one micro-batch's activations: XLA's static need falls.
   # A narrow model on many tokens, so that the activations outweigh the state (0.32x measured).
@@ -111,6 +112,7 @@ def _benchmark(*flags):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_command_reports_flops_mfu_compile_times_and_memory(tmp_path):
   cache = tmp_path / "xla_cache"
   stdout = _benchmark(f"--output={tmp_path / 'bench.json'}", f"--config.compilation_cache_dir={cache}",
