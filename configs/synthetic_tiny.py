@@ -27,7 +27,7 @@ def get_config():
   config.vocoder = ml_collections.ConfigDict(dict(kind="griffin_lim", checkpoint="", griffin_lim_iters=32))
   config.sample = ml_collections.ConfigDict(dict(
       num_streams=1, num_frames=300, chunk_frames=20, steps_per_frame=2, guidance_scale=1.0, label=0,
-      # Share of each frame's noise drawn afresh after every step (flow/sampling.renoise; 0: plain Euler as
+      # Share of each frame's noise drawn afresh after every step (flow/steps.renoise; 0: plain Euler as
       # released). 1 lifts this model's whole-ball frames, gravity, height-pitch r and clicks (README).
       stochasticity=1.0,
       # "" joint generation; "audio": video for the audio of condition_file; "video": audio for its video

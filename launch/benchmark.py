@@ -44,16 +44,17 @@ def main(argv):
   dtype = config.model.dtype
   model = flav_from_config(config.model)
   params = benchmarking.init_params(model)
-  measurements = {
-      "matmul": lambda: benchmarking.matmul(dtype, config.matmul_size, config.iters, config.warmup, config.repeats),
-      "forward": lambda: benchmarking.forward(model, params, config.forward_batch, config.iters, config.warmup,
-                                              config.repeats),
-      "rolling": lambda: benchmarking.rolling(model, params, config.streams, config.steps_per_frame,
-                                              config.rolling_frames, repeats=config.repeats),
-      "clip": lambda: benchmarking.clip(model, params, config.streams, config.steps_per_frame, config.clip_frames,
-                                        repeats=config.repeats),
-      "train": lambda: benchmarking.train_step(model, params, config.train_batch, config.iters, config.warmup,
-                                               config.repeats, config.train_accumulate_steps),
+  measurements = {  # each times its program loop with the Timer that benchmarking.measure gives it
+      "matmul": lambda timer: benchmarking.matmul(dtype, config.matmul_size, config.iters, config.warmup,
+                                                  config.repeats, timer),
+      "forward": lambda timer: benchmarking.forward(model, params, config.forward_batch, config.iters, config.warmup,
+                                                    config.repeats, timer),
+      "rolling": lambda timer: benchmarking.rolling(model, params, config.streams, config.steps_per_frame,
+                                                    config.rolling_frames, config.repeats, timer),
+      "clip": lambda timer: benchmarking.clip(model, params, config.streams, config.steps_per_frame,
+                                              config.clip_frames, config.repeats, timer),
+      "train": lambda timer: benchmarking.train_step(model, params, config.train_batch, config.iters, config.warmup,
+                                                     config.repeats, config.train_accumulate_steps, timer),
   }
   device = jax.devices()[0]
   peak_tflops = config.peak_tflops.get(dtype)

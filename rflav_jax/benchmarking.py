@@ -1,14 +1,13 @@
-"""Speed measurements of FLAV on the available devices (RFLAV.md section 6 measures the official code likewise).
+"""Speed measurements of FLAV on the available devices, measured as the official code's speed was.
 
 Each measurement compiles first, runs `warmup` untimed iterations, then times `iters` iterations ending in
-`block_until_ready`, and reports the median of `repeats` such timings (`measure` adds all of them, as
+`block_until_ready` with a `Timer`, and reports the median of `repeats` such timings (`measure` adds all of them, as
 repeat_seconds, for comparisons that take the best or the spread). FLOPs are counted analytically
 (`rflav_jax.models.flops`; XLA's cost analysis leaves out library GEMMs on GPUs). `measure` adds to any
 measurement the time spent tracing, lowering and compiling its programs, and its peak memory, and with
 `profile_dir` a profile of the timed calls (`rflav_jax.profiling`), traced after the timing.
 """
 import contextlib
-import contextvars
 import statistics
 import time
 from typing import Callable
@@ -16,10 +15,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from rflav_jax import profiling
+from rflav_jax.codecs.pixel import PixelCodec
+from rflav_jax.codecs.vocoder import MelVocoder
 from rflav_jax.flow.guidance import model_velocity
 from rflav_jax.flow.sampling import RollingSampler, Window
+from rflav_jax.generator import Generator, SamplingOptions
 from rflav_jax.models.flav import FLAV
 from rflav_jax.models.flops import forward_flops, train_step_flops
 from rflav_jax.train import optimizer as train_optimizer
@@ -36,25 +39,28 @@ _COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 # Calls traced by a profile at most: enough for the shares, and a B/1 training trace stays a few MB.
 PROFILED_CALLS = 3
-# Where `_median_seconds` leaves (run, iters, seconds per call of each repeat) of what it timed inside `measure`
-# (else None). A measurement times one program loop, so `measure` reports and profiles the last entry.
-_TIMED = contextvars.ContextVar("timed", default=None)
 
 
-def _median_seconds(run: Callable[[], object], iters: int, warmup: int, repeats: int) -> float:
-  """Median over `repeats` of the wall time of `iters` calls of run(), per call."""
-  for _ in range(warmup):
-    jax.block_until_ready(run())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(iters):
-      out = run()
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / iters)
-  if (timed := _TIMED.get()) is not None:
-    timed.append((run, iters, times))
-  return statistics.median(times)
+class Timer:
+  """Times program loops; `last` holds (run, iters, seconds per call of each repeat) of the last one timed, which
+  `measure` reports and profiles (a measurement times one program loop)."""
+
+  def __init__(self):
+    self.last: tuple[Callable[[], object], int, list[float]] | None = None
+
+  def median_seconds(self, run: Callable[[], object], iters: int, warmup: int, repeats: int) -> float:
+    """Median over `repeats` of the wall time of `iters` calls of run(), per call."""
+    for _ in range(warmup):
+      jax.block_until_ready(run())
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      for _ in range(iters):
+        out = run()
+      jax.block_until_ready(out)
+      times.append((time.perf_counter() - start) / iters)
+    self.last = (run, iters, times)
+    return statistics.median(times)
 
 
 def _inputs(model: FLAV, batch: int, key):
@@ -84,17 +90,19 @@ def _program_gb(compiled) -> float | None:
   return max(a.peak_memory_in_bytes, total) / 1e9
 
 
-def forward(model: FLAV, params, batch: int, iters: int, warmup: int = 2, repeats: int = 3) -> dict:
+def forward(model: FLAV, params, batch: int, iters: int, warmup: int = 2, repeats: int = 3,
+            timer: Timer | None = None) -> dict:
   """One forward pass on a full window: seconds, samples/s and achieved TFLOP/s (analytic and XLA's count)."""
   inputs = _inputs(model, batch, jax.random.key(1))
   compiled = jax.jit(model.apply).lower({"params": params}, *inputs).compile()
-  seconds = _median_seconds(lambda: compiled({"params": params}, *inputs), iters, warmup, repeats)
+  seconds = (timer or Timer()).median_seconds(lambda: compiled({"params": params}, *inputs), iters, warmup, repeats)
   return {"batch": batch, "seconds": seconds, "samples_per_s": batch / seconds,
           "tflop_per_sample": forward_flops(model) / 1e12, "tflop_per_s": batch * forward_flops(model) / seconds / 1e12,
           "xla_tflop_per_sample": flops(compiled) / batch / 1e12, "program_gb": _program_gb(compiled)}
 
 
-def rolling(model: FLAV, params, streams: int, steps_per_frame: int, frames: int, repeats: int = 3) -> dict:
+def rolling(model: FLAV, params, streams: int, steps_per_frame: int, frames: int, repeats: int = 3,
+            timer: Timer | None = None) -> dict:
   """Steady-state rolling generation (after pre-roll): frames/s summed over streams.
 
   Also first_frame_s: from a cold `RollingSampler.stream` to the first frame on the host (compilation of
@@ -107,26 +115,30 @@ def rolling(model: FLAV, params, streams: int, steps_per_frame: int, frames: int
   first_frame_s = time.perf_counter() - start
   window = sampler.start(Window(v, a), y)
   noise = Window(jnp.zeros((frames, *v.shape[:1], *v.shape[2:])), jnp.zeros((frames, *a.shape[:1], *a.shape[2:])))
-  seconds = _median_seconds(lambda: sampler.roll(window, noise, y), 1, 1, repeats)
+  seconds = (timer or Timer()).median_seconds(lambda: sampler.roll(window, noise, y), 1, 1, repeats)
   frames_per_s = streams * frames / seconds
   return {"streams": streams, "frames": frames, "frames_per_s": frames_per_s, "first_frame_s": first_frame_s,
           "tflop_per_s": frames_per_s * steps_per_frame * forward_flops(model) / 1e12}
 
 
-def clip(model: FLAV, params, streams: int, steps_per_frame: int, frames: int, repeats: int = 3) -> dict:
-  """A clip of `frames` frames from pure noise, pre-roll included: frames/s summed over streams."""
-  sampler = RollingSampler(model_velocity(model, params), steps_per_frame)
-  v, a, _, y = _inputs(model, streams, jax.random.key(3))
-  noise = Window(jnp.zeros((frames, *v.shape[:1], *v.shape[2:])), jnp.zeros((frames, *a.shape[:1], *a.shape[2:])))
-  seconds = _median_seconds(lambda: sampler.generate(Window(v, a), noise, y), 1, 1, repeats)
-  evaluations = sampler.plan.num_preroll_steps(model.predict_frames) + (frames - 1) * steps_per_frame
-  return {"streams": streams, "frames": frames, "frames_per_s": streams * frames / seconds,
-          "tflop_per_s": streams * evaluations * forward_flops(model) / seconds / 1e12}
+def clip(model: FLAV, params, streams: int, steps_per_frame: int, frames: int, repeats: int = 3,
+         timer: Timer | None = None) -> dict:
+  """A clip of `frames` frames per stream from pure noise, end to end through a `Generator`: noise drawn,
+  pre-rolled, rolled in one chunk and decoded to uint8 frames on the host (the pixel codec: the model's own frames;
+  no vocoder). frames/s summed over streams."""
+  generator = Generator(model, params, PixelCodec(model.in_channels), MelVocoder(model.n_mels, 1.0),
+                        SamplingOptions(steps_per_frame=steps_per_frame, chunk_frames=frames))
+  labels = np.zeros(streams, np.int32)  # class 0, or an unconditional model's null label
+  run = lambda: next(generator.stream(labels, frames, vocode=False)).video
+  seconds = (timer or Timer()).median_seconds(run, 1, 1, repeats)
+  calls = generator.num_calls(frames)
+  return {"streams": streams, "frames": frames, "frames_per_s": streams * frames / seconds, "network_calls": calls,
+          "tflop_per_s": calls * generator.flops_per_call(streams) / seconds / 1e12}
 
 
 def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, repeats: int = 3,
-               accumulate_steps: int = 1) -> dict:
-  """The trainer's update (rflav_jax.train.step) with the released recipe (RFLAV.md section 4): samples/s, TFLOP/s.
+               accumulate_steps: int = 1, timer: Timer | None = None) -> dict:
+  """The trainer's update (rflav_jax.train.step) with the released recipe: samples/s, TFLOP/s.
 
   accumulate_steps: micro-batches of batch / accumulate_steps whose gradients are averaged (the trainer's
   config.train.accumulate_steps): the same update, with the activation memory of one micro-batch.
@@ -150,17 +162,17 @@ def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, rep
     state[0], metrics = compiled(state[0], data)
     return metrics["loss"]
 
-  seconds = _median_seconds(run, iters, warmup, repeats)
+  seconds = (timer or Timer()).median_seconds(run, iters, warmup, repeats)
   return {"batch": batch, "accumulate_steps": accumulate_steps, "remat": model.remat,
           "remat_policy": model.remat_policy if model.remat else None, "samples_per_s": batch / seconds,
           "tflop_per_s": train_step_flops(model, batch) / seconds / 1e12, "program_gb": _program_gb(compiled)}
 
 
-def matmul(dtype, size: int, iters: int, warmup: int = 2, repeats: int = 3) -> dict:
+def matmul(dtype, size: int, iters: int, warmup: int = 2, repeats: int = 3, timer: Timer | None = None) -> dict:
   """A size^3 matmul in `dtype`: the achieved TFLOP/s, a measured ceiling for MFU."""
   x = jax.random.normal(jax.random.key(7), (size, size), dtype)
   compiled = jax.jit(jnp.matmul).lower(x, x).compile()
-  seconds = _median_seconds(lambda: compiled(x, x), iters, warmup, repeats)
+  seconds = (timer or Timer()).median_seconds(lambda: compiled(x, x), iters, warmup, repeats)
   return {"size": size, "tflop_per_s": 2 * size ** 3 / seconds / 1e12}
 
 
@@ -249,26 +261,23 @@ def peak_memory():
     info.update(peak_gb=None, peak_memory="unavailable")
 
 
-def measure(run: Callable[[], dict], profile_dir: str | None = None) -> dict:
-  """run()'s result with the cost of making its programs (`compile_log`) and its peak memory (`peak_memory`).
+def measure(run: Callable[[Timer], dict], profile_dir: str | None = None) -> dict:
+  """run(timer)'s result with the cost of making its programs (`compile_log`) and its peak memory (`peak_memory`);
+  run times its program loop with the Timer it is given.
 
   repeat_seconds: the seconds per call of each timed repeat, in order (their median gives the headline figure).
   profile_dir: after timing, the timed calls (PROFILED_CALLS at most) run again under `jax.profiler` into this
   folder, and the result gains "profile", `profiling.summarize` of that trace (the timing itself is not
   profiled), or "profile_error" where no profile could be taken (the measured figures are kept).
   """
-  timed = []
-  token = _TIMED.set(timed)
-  try:
-    with compile_log() as compiles, peak_memory() as memory:
-      result = run()
-  finally:
-    _TIMED.reset(token)
-  if timed:
-    timed_run, iters, result["repeat_seconds"] = timed[-1]
+  timer = Timer()
+  with compile_log() as compiles, peak_memory() as memory:
+    result = run(timer)
+  if timer.last:
+    timed_run, iters, result["repeat_seconds"] = timer.last
   if profile_dir is not None:
     try:
-      if timed:
+      if timer.last:
         profiling.capture(timed_run, min(iters, PROFILED_CALLS), profile_dir)
       result["profile"] = profiling.summarize(profile_dir)
     except Exception as error:  # pylint: disable=broad-except  # a profiler that fails must not lose the figures

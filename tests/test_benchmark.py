@@ -18,7 +18,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_flav_b1_window_costs_the_published_flops():
-  # RFLAV.md section 6: one forward pass of FLAV-B/1 on a 10-frame window is 2.73 TFLOP per sample.
+  # The published figure: one forward pass of FLAV-B/1 on a 10-frame window is 2.73 TFLOP per sample.
   model = flav_from_preset("FLAV-B/1", num_classes=10, causal_attn=True)
   assert abs(flops.forward_flops(model) / 1e12 - 2.73) / 2.73 < 0.01
   assert flops.train_step_flops(model, 8) == 8 * 3 * flops.forward_flops(model)
@@ -50,9 +50,10 @@ def test_comparison_sets_figures_beside_the_reference():
   assert table.splitlines()[4].split() == ["train_remat", "peak_gb", "6", "12", "0.50x"]
 
 
+@pytest.mark.slow
 def test_training_in_micro_batches_needs_less_memory():
   # The same update as 4 accumulated micro-batches keeps one micro-batch's activations: XLA's static need falls.
-  # A narrow model on many tokens, so that the activations outweigh the state (0.32x measured on 2026-11-30).
+  # A narrow model on many tokens, so that the activations outweigh the state (0.32x measured).
   model = FLAV(latent_size=16, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, predict_frames=4,
                n_mels=32)
   params = benchmarking.init_params(model)
@@ -65,7 +66,7 @@ def test_training_in_micro_batches_needs_less_memory():
 
 
 def test_a_profile_follows_the_timing_and_a_failed_one_keeps_the_figures(tmp_path, monkeypatch):
-  matmul = lambda: benchmarking.matmul(jnp.float32, 256, iters=2, warmup=1, repeats=1)
+  matmul = lambda timer: benchmarking.matmul(jnp.float32, 256, iters=2, warmup=1, repeats=1, timer=timer)
   profiled = benchmarking.measure(matmul, str(tmp_path / "ok"))
   assert profiled["tflop_per_s"] > 0 and profiled["profile"]["top"][0][1] == "matmul"
   assert profiled["profile"]["top"][0][3] == 2  # the 2 timed calls, traced again after the timing
@@ -80,7 +81,8 @@ def test_a_profile_follows_the_timing_and_a_failed_one_keeps_the_figures(tmp_pat
 
 
 def test_measure_reports_every_timed_repeat_and_the_headline_is_their_median():
-  result = benchmarking.measure(lambda: benchmarking.matmul(jnp.float32, 128, iters=2, warmup=1, repeats=3))
+  result = benchmarking.measure(lambda timer: benchmarking.matmul(jnp.float32, 128, iters=2, warmup=1, repeats=3,
+                                                                  timer=timer))
   assert len(result["repeat_seconds"]) == 3 and min(result["repeat_seconds"]) > 0
   assert result["tflop_per_s"] == pytest.approx(2 * 128 ** 3 / statistics.median(result["repeat_seconds"]) / 1e12)
 
@@ -92,6 +94,7 @@ def _benchmark(*flags):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_command_reports_flops_mfu_compile_times_and_memory(tmp_path):
   cache = tmp_path / "xla_cache"
   stdout = _benchmark(f"--output={tmp_path / 'bench.json'}", f"--config.compilation_cache_dir={cache}",

@@ -7,8 +7,7 @@ import pytest
 
 from configs import synthetic_tiny
 from rflav_jax.data import synthetic
-from rflav_jax.eval import evaluate, generate, synthetic_av
-from rflav_jax.models.flav import FLAV, init_params
+from rflav_jax.eval import evaluate, synthetic_av
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +47,15 @@ def test_segments_and_real_mode(clip):
   assert evaluate.summary(results)["height_pitch_r"] > 0.99
 
 
+@pytest.mark.slow
 def test_joint_streams_have_the_asked_length_and_log_progress(caplog):
   caplog.set_level(logging.INFO)
-  model = FLAV(latent_size=16, patch_size=8, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=3,
-               predict_frames=4, n_mels=256)
-  video, mel = generate.joint(model, init_params(model), 7, streams=2, label=1, chunk_frames=3)
-  assert video.shape == (2, 7, 16, 16, 3) and video.dtype == np.uint8 and mel.shape == (2, 7, 10, 256)
+  config = synthetic_tiny.get_config()
+  config.checkpoint = ""  # a fresh model of the sizes below
+  config.model.update(latent_size=16, patch_size=8, hidden_size=32, depth=1, num_heads=2, predict_frames=4)
+  config.sample.chunk_frames = 3
+  results = evaluate.evaluate(config, "joint", seconds=0.7, segment_seconds=0.7, streams=2)
+  assert [(r["stream"], r["segment"], r["label"]) for r in results] == [(0, 0, 0), (1, 0, 0)]
   progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("frame ")]
-  assert [m.split(",")[0] for m in progress] == [f"frame {n}/7 of 2 stream(s)" for n in (3, 6, 7)]
+  assert [m.split(",")[0] for m in progress] == [f"frame {n}/7 of 1 stream(s)" for n in (3, 6, 7)] * 2
   assert progress[-1].endswith("ETA 0.0 s")

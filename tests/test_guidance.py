@@ -6,7 +6,7 @@ import pytest
 
 from conftest import load_fixture, rel_l2
 from flow_testing import audio_layout, fixture_model, noise_window, point_mass_velocity, tiny_flav, video_layout
-from rflav_jax.flow import guidance, sampling
+from rflav_jax.flow import guidance, sampling, steps
 
 
 def test_classifier_free_guidance_matches_official():
@@ -19,6 +19,7 @@ def test_classifier_free_guidance_matches_official():
   assert rel_l2(vel_a, audio_layout(data["out/cfg3_a"])) <= 1e-5
 
 
+@pytest.mark.slow
 def test_guidance_scale_one_generates_like_the_conditional_model():
   model, params = fixture_model(load_fixture("flav_small_cond_causal.npz"))
   init_v, init_a = noise_window(0, model, batch=2)
@@ -34,7 +35,7 @@ def test_guidance_scale_one_generates_like_the_conditional_model():
 
 
 def reference_conditional(velocity_fn, init, given, given_noise, fresh, num_frames, steps, given_modality):
-  """RFLAV.md section 3 with guidance scale 0, as a plain loop: the given modality's window is replaced
+  """Conditional rolling generation with guidance scale 0, as a plain loop: the given modality's window is replaced
   at every step by t g + (1 - t) eps of the frames it covers; the other modality takes Euler steps."""
   window = init.shape[1]
   k = np.arange(window)
@@ -76,6 +77,7 @@ def _conditional_case(given_modality, num_frames=4, seed=0, model_and_params=Non
   return model, params, init, given, given_noise, fresh
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given_modality", ["audio", "video"])
 def test_conditional_generation_without_guidance_replaces_the_given_window(given_modality):
   model, params, init, given, given_noise, fresh = _conditional_case(given_modality)
@@ -88,6 +90,7 @@ def test_conditional_generation_without_guidance_replaces_the_given_window(given
   assert rel_l2(frames, expected) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given_modality", ["audio", "video"])
 def test_guidance_gradient_agrees_with_finite_differences(given_modality):
   # The tiny model couples the modalities strongly enough for float32 finite differences.
@@ -103,7 +106,7 @@ def test_guidance_gradient_agrees_with_finite_differences(given_modality):
 
   def step(scale):
     conditioning = sampling.Conditioning(given_modality, scale)
-    out = jax.jit(lambda w: sampling.guided_euler_step(velocity_fn, w, t, dt, conditioning))(window)
+    out = jax.jit(lambda w: steps.guided_euler_step(velocity_fn, w, t, dt, conditioning))(window)
     return np.asarray(out.v if audio_given else out.a)
 
   guidance_term = step(0.0) - step(scale)  # = [t + dt != 1] dt scale grad J
@@ -111,7 +114,7 @@ def test_guidance_gradient_agrees_with_finite_differences(given_modality):
   grad = guidance_term[:, 1:] / (scale * dt[1:].reshape((1, 3) + (1,) * (init.ndim - 2)))
 
   @jax.jit
-  def objective(x):  # J = mean over the window of ((g - eps) - v_hat_g)^2, written out from RFLAV.md
+  def objective(x):  # J = mean over the window of ((g - eps) - v_hat_g)^2, written out
     shape = t.reshape((1, 4) + (1,) * (given.ndim - 2))
     given_t = shape * given + (1 - shape) * given_noise
     t_batch = t[None]
@@ -129,6 +132,7 @@ def test_guidance_gradient_agrees_with_finite_differences(given_modality):
   assert max(errors) <= 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given_modality", ["audio", "video"])
 def test_guided_generation_from_a_key(given_modality):
   """End to end with guidance and every draw from a key: a short given clip is padded past its end."""
@@ -147,6 +151,7 @@ def test_guided_generation_from_a_key(given_modality):
   np.testing.assert_array_equal(run(2.0, 0.5), stochastic)  # from the key too
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given_modality", ["audio", "video"])
 def test_stochastic_conditional_steps_reach_the_data(given_modality):
   """For a point mass (exact velocity, no guidance gradient) the generated frames are the data itself."""

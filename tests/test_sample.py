@@ -16,13 +16,15 @@ import pytest
 
 from conftest import media_file
 from configs import synthetic_tiny
-from rflav_jax import sample, standins
+from rflav_jax import generator, sample, standins
 from rflav_jax.build import build_flav
 from rflav_jax.flow.progress import CallProgress
+from rflav_jax.generator import Generator
 from rflav_jax.media import write_wav
 from rflav_jax.media.align import FrameAligner
 from rflav_jax.media.reader import read_audio, read_clip, read_video
 from rflav_jax.models.flav import flav_from_config, flav_from_preset
+from rflav_jax.models.flops import forward_flops
 from test_media import write_video_only
 
 
@@ -42,6 +44,11 @@ def random_model(config):
   return model, jax.tree.map(lambda x: rng.normal(0.0, 0.2, x.shape).astype(np.float32), params)
 
 
+def sample_with(model_and_params, config, output_dir):
+  """sample.sample_with on the Generator of config with the given model and weights."""
+  return sample.sample_with(Generator.from_config(config, *model_and_params), config, output_dir)
+
+
 def check_mp4(path, frames):
   assert read_video(path).shape[0] == frames
   assert abs(len(read_audio(path)) - frames * 1600) <= 1600
@@ -56,6 +63,7 @@ def video_difference(path_a, path_b):
   return np.abs(read_video(path_a).astype(float) - read_video(path_b).astype(float)).mean()
 
 
+@pytest.mark.slow
 def test_griffin_lim_stream_writes_every_frame_with_progress_and_bounded_previews(tmp_path, caplog):
   caplog.set_level(logging.INFO)
   config = tiny_config()
@@ -79,6 +87,7 @@ def test_griffin_lim_stream_writes_every_frame_with_progress_and_bounded_preview
   assert min(seconds.values()) >= 0 and abs(sum(seconds.values()) - total) < 0.2
 
 
+@pytest.mark.slow
 def test_hifigan_stream_keeps_audio_and_video_aligned(tmp_path):
   folder = standins.write_vocoder(tmp_path / "vocoder", {**standins.HIFIGAN_V1_256_MELS, "num_mels": 16,
                                                          "upsample_initial_channel": 16, "resblock_kernel_sizes": [3],
@@ -91,6 +100,7 @@ def test_hifigan_stream_keeps_audio_and_video_aligned(tmp_path):
     check_mp4(path, 7)
 
 
+@pytest.mark.slow
 def test_labels_and_guidance_reach_the_network(tmp_path):
   config = tiny_config()
   config.sample.num_frames = 4
@@ -99,30 +109,32 @@ def test_labels_and_guidance_reach_the_network(tmp_path):
           "plain_euler": dict(guidance_scale=1.0, stochasticity=0.0)}
   for name, options in runs.items():
     config.sample.update(options)
-    sample.sample_with(model, params, config, tmp_path / name)
+    sample_with((model, params), config, tmp_path / name)
   assert video_difference(tmp_path / "label0/stream_0.mp4", tmp_path / "label1/stream_0.mp4") > 1
   assert video_difference(tmp_path / "label0/stream_0.mp4", tmp_path / "guided/stream_0.mp4") > 1
   assert video_difference(tmp_path / "label0/stream_0.mp4", tmp_path / "plain_euler/stream_0.mp4") > 1
 
 
+@pytest.mark.slow
 def test_sdvae_codec_decodes_the_latents(tmp_path):
   config = tiny_config(latent_size=8, in_channels=4)
   config.codec.update(kind="sdvae", checkpoint=str(standins.write_sdvae(
       tmp_path / "vae", {"block_out_channels": [8, 8], "norm_num_groups": 4, "latent_channels": 4})))
   config.sample.num_frames = 3
-  path, = sample.sample_with(*random_model(config), config, tmp_path / "out")
+  path, = sample_with(random_model(config), config, tmp_path / "out")
   assert read_video(path).shape == (3, 16, 16, 3)  # 8x8 latents decoded to 16x16 frames
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given", ["audio", "video"])
 def test_conditional_generation_keeps_the_given_modality_and_follows_it(tmp_path, given):
   config = tiny_config()
   config.sample.update(condition=given, num_frames=6, condition_guidance=0.5)
-  model, params = random_model(config)
+  model_and_params = random_model(config)
   paths = {}
   for name in ("landscape_video0.mp4", "landscape_video1.mp4"):
     config.sample.condition_file = str(media_file(name))
-    paths[name], = sample.sample_with(model, params, config, tmp_path / name)
+    paths[name], = sample_with(model_and_params, config, tmp_path / name)
     check_mp4(paths[name], 6)
   original, written = read_clip(media_file("landscape_video0.mp4"), resolution=16), read_clip(paths["landscape_video0.mp4"])
   one, other = (read_clip(p) for p in paths.values())
@@ -135,12 +147,13 @@ def test_conditional_generation_keeps_the_given_modality_and_follows_it(tmp_path
     assert np.abs(one.audio - other.audio).mean() > 0.01 * np.abs(one.audio).mean()  # the audio follows the video
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_refused_before_any_compute(tmp_path, monkeypatch):
   def no_compute(*args, **kwargs):
     raise AssertionError("the model was built before the inputs were checked")
 
-  monkeypatch.setattr(sample, "build_flav", no_compute)
-  monkeypatch.setattr(sample, "build_video_codec", no_compute)
+  monkeypatch.setattr(generator, "build", no_compute)
+  monkeypatch.setattr(generator, "build_video_codec", no_compute)
   write_video_only(tmp_path / "silent.mp4")
   write_wav(tmp_path / "sound.wav", np.zeros(16000, np.float32), 16000)
   bad = [(dict(num_frames=0), "config.sample.num_frames=0 must be a positive int"),
@@ -159,12 +172,12 @@ def test_bad_inputs_are_refused_before_any_compute(tmp_path, monkeypatch):
     config.sample.update(options)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
       sample.sample(config, tmp_path / "out")
+  monkeypatch.undo()
   for label in (5, -1):  # classes 0..3, null label 4
     config = tiny_config(num_classes=4)
     config.sample.label = label
     with pytest.raises(ValueError, match=f"config.sample.label={label}: the model has classes 0..3"):
-      sample.sample_with(*random_model(config), config, tmp_path / "out")
-  monkeypatch.undo()
+      sample_with(random_model(config), config, tmp_path / "out")
   config = tiny_config()
   config.checkpoint = str(tmp_path / "missing")
   with pytest.raises(FileNotFoundError, match="missing does not exist; pass a folder written by launch.convert"):
@@ -177,24 +190,25 @@ def test_bad_inputs_are_refused_before_any_compute(tmp_path, monkeypatch):
 
 def test_streams_use_the_devices_they_divide_evenly_over():
   devices = ["d0", "d1", "d2", "d3"]
-  assert [len(sample.stream_devices(n, devices)) for n in (1, 2, 3, 4, 6, 8)] == [1, 2, 3, 4, 3, 4]
+  assert [len(generator.stream_devices(n, devices)) for n in (1, 2, 3, 4, 6, 8)] == [1, 2, 3, 4, 3, 4]
 
 
 def test_a_cpu_run_of_the_released_size_is_announced():
-  b1 = flav_from_preset("FLAV-B/1", num_classes=10, causal_attn=True)
-  assert abs(sample.approx_tflop_per_call(b1) - 2.73) / 2.73 < 0.05  # RFLAV.md section 6
+  b1 = forward_flops(flav_from_preset("FLAV-B/1", num_classes=10, causal_attn=True))  # 2.73 TFLOP per call
   # 12 frames (44 calls) at the forward rate measured on a 2-core CPU, 0.155 TFLOP/s in bf16
-  assert "roughly 13 min on 2 cores" in sample.cpu_warning(b1, 1, 44, cores=2)
-  bf16 = flav_from_preset("FLAV-B/1", num_classes=10, causal_attn=True, dtype=jnp.bfloat16)
-  assert "--config.model.dtype=float32 is no slower than bfloat16" in sample.cpu_warning(bf16, 1, 44, cores=2)
-  assert "dtype" not in sample.cpu_warning(b1, 1, 44, cores=2)  # already float32
-  assert sample.cpu_warning(flav_from_config(tiny_config().model), 4, 1000, cores=2) is None
+  assert "roughly 13 min on 2 cores" in sample.cpu_warning(b1, 44, cores=2, dtype=jnp.float32)
+  assert ("--config.model.dtype=float32 is no slower than bfloat16"
+          in sample.cpu_warning(b1, 44, cores=2, dtype=jnp.bfloat16))
+  assert "dtype" not in sample.cpu_warning(b1, 44, cores=2, dtype=jnp.float32)  # already float32
+  tiny = forward_flops(flav_from_config(tiny_config().model))
+  assert sample.cpu_warning(4 * tiny, 1000, cores=2, dtype=jnp.float32) is None
 
 
 def test_progress_counts_one_call_per_device_set():
-  with CallProgress(total=3, preroll=1, devices=2) as progress:
-    for _ in range(5):
-      progress.tick()
+  progress = CallProgress()
+  progress.begin(total=3, preroll=1, devices=2)
+  for _ in range(5):
+    progress.tick()
   assert progress.calls == 2
 
 
@@ -210,6 +224,7 @@ def test_aligner_hands_out_whole_frames_with_their_audio():
   assert aligner.pop()[0].shape[1] == 0  # 10 samples wait for the next frame
 
 
+@pytest.mark.slow
 def test_readme_demo_command_runs_with_one_stream_on_two_devices(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   result = subprocess.run([sys.executable, "-m", "launch.sample", "--config=configs/synthetic_tiny.py",

@@ -14,7 +14,7 @@ from jax.tree_util import Partial
 
 from conftest import load_fixture, rel_l2
 from flow_testing import audio_layout, fixture_model, noise_window, point_mass_velocity, tiny_flav, video_layout
-from rflav_jax.flow import sampling
+from rflav_jax.flow import sampling, steps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -42,6 +42,7 @@ def test_generate_reproduces_official_rolling_stream():
   np.testing.assert_allclose(t_rf, data["calls_t_rf"], rtol=1e-6, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stochasticity", [0.0, 0.7])
 def test_stream_in_chunks_equals_one_call_and_compiles_once(stochasticity):
   model, params = tiny_flav()
@@ -80,6 +81,7 @@ def _resident_bytes() -> int:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory is read from /proc (Linux)")
 def test_long_stream_keeps_host_memory_flat():
   model, params = tiny_flav()
@@ -126,6 +128,7 @@ _DEVICES_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_frames_of_one():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
@@ -174,7 +177,7 @@ def test_renoise_redraws_the_share_of_the_noise_asked_for():
   stepped = x + per_frame(t_next - t) * velocity
   np.testing.assert_allclose(stepped, per_frame(t_next) * x1 + per_frame(1 - t_next) * eps, atol=1e-6)  # Euler
   for s in (0.0, 0.6, 1.0):
-    out = sampling.renoise(x, stepped, velocity, t, t_next, s, fresh)
+    out = steps.renoise(x, stepped, velocity, t, t_next, s, fresh)
     kept = np.sqrt(1 - s ** 2) * eps + s * fresh  # unit variance for independent eps and fresh
     np.testing.assert_allclose(out, per_frame(t_next) * x1 + per_frame(1 - t_next) * kept, atol=1e-5)
   np.testing.assert_allclose(out[:, 3], x1[:, 3], atol=1e-6)  # a frame stepped to t = 1 gets no noise

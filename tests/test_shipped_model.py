@@ -18,7 +18,8 @@ from rflav_jax import model_folder
 from rflav_jax.build import build_flav
 from rflav_jax.codecs.audio import frames_from_mel, mel_from_waveform
 from rflav_jax.data import synthetic
-from rflav_jax.eval import evaluate, generate, synthetic_av
+from rflav_jax.eval import evaluate, synthetic_av
+from rflav_jax.generator import Generator
 from rflav_jax.media.reader import read_clip
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,8 +40,11 @@ def untrained():
 
 def joint_figures(model_and_params, label, guidance_scale=1.0, seed=0, streams=1):
   """Figures of each of `streams` joint streams of FRAMES frames, sampled as the shipped config does."""
-  video, mel = generate.joint(*model_and_params, FRAMES, streams=streams, label=label, guidance_scale=guidance_scale,
-                              seed=seed, stochasticity=synthetic_tiny.get_config().sample.stochasticity)
+  config = synthetic_tiny.get_config()
+  config.sample.guidance_scale = guidance_scale
+  chunks = list(Generator.from_config(config, *model_and_params).stream([label] * streams, FRAMES, seed=seed,
+                                                                         vocode=False))
+  video, mel = (np.concatenate([getattr(c, name) for c in chunks], axis=1) for name in ("video", "mel"))
   return [synthetic_av.segment_figures(v, m) for v, m in zip(video, mel)]
 
 
@@ -57,6 +61,7 @@ def test_shipped_folder_is_small_and_loads_by_default(shipped):
   assert (model.num_classes, model.latent_size) == (len(synthetic.CLASS_NAMES), 32)
 
 
+@pytest.mark.slow
 def test_joint_streams_show_a_moving_ball_whose_height_sets_the_pitch(shipped, untrained):
   trained = joint_figures(shipped, label=0, streams=4)
   (baseline,) = joint_figures(untrained, label=0)
@@ -69,6 +74,7 @@ def test_joint_streams_show_a_moving_ball_whose_height_sets_the_pitch(shipped, u
   assert min(f["height_pitch_r"] for f in trained) > 0.95 and not baseline["height_pitch_r"] > 0.3  # (NaN: no ball)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", range(len(synthetic.CLASS_NAMES)))
 def test_the_label_sets_the_colour_and_the_timbre(shipped, label):
   (figures,) = joint_figures(shipped, label=label, seed=label)
@@ -92,11 +98,13 @@ def conditioned_figures(mode):
     ("video_to_audio", "height_pitch_r", 0.9, 0.3),  # the generated pitch follows the given ball
     ("video_to_audio", "click_precision", 0.8, 0.5),  # and its clicks fall on the given bounces
 ])
+@pytest.mark.slow
 def test_one_modality_follows_the_other(mode, figure, trained_above, untrained_below):
   trained, baseline = conditioned_figures(mode)
   assert trained[figure] > trained_above and not baseline[figure] > untrained_below
 
 
+@pytest.mark.slow
 def test_rolling_on_from_a_real_window_keeps_its_ball_and_class():
   config = synthetic_tiny.get_config()
   trained = evaluate.evaluate(config, "continuation", seconds=2.0, segment_seconds=1.0, streams=2)
@@ -111,14 +119,17 @@ def test_rolling_on_from_a_real_window_keeps_its_ball_and_class():
 def test_continuation_needs_one_window_of_real_frames(untrained):
   clip = synthetic.generate_clip(1, 0, synthetic.BouncingBallConfig(num_frames=12))
   with pytest.raises(ValueError, match="first 10 frames"):
-    generate.continuation(*untrained, clip.video, clip.mel[:10], 5)
+    Generator.from_config(synthetic_tiny.get_config(), *untrained).continue_from(clip.video[None],
+                                                                                 clip.mel[None, :10], [0], 5)
 
 
+@pytest.mark.slow
 def test_classifier_free_guidance_keeps_the_class(shipped):
   (figures,) = joint_figures(shipped, label=2, guidance_scale=2.0)
   assert figures["video_label"] == 2 and figures["audio_label"] == 2 and figures["background"] < 0.05
 
 
+@pytest.mark.slow
 def test_first_command_writes_a_stream_whose_mp4_holds_the_ball_and_its_sound(tmp_path):
   result = subprocess.run([sys.executable, "-m", "launch.sample", "--config=configs/synthetic_tiny.py",
                            f"--output_dir={tmp_path}", f"--config.sample.num_frames={FRAMES}"],

@@ -8,9 +8,10 @@ import time
 import numpy as np
 from absl import logging
 
-from rflav_jax.build import build_flav
 from rflav_jax.data import synthetic
-from rflav_jax.eval import generate, synthetic_av
+from rflav_jax.eval import synthetic_av
+from rflav_jax.flow.progress import log_frames
+from rflav_jax.generator import Generator
 
 MODES = ("joint", "continuation", "audio_to_video", "video_to_audio", "real")
 FPS = 10
@@ -21,6 +22,16 @@ def _real_clip(config, index: int, num_frames: int) -> synthetic.BouncingBallCli
   return synthetic.generate_clip(config.seed + 1, index, clips)
 
 
+def _joined(chunks, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+  """Stream 0's video (T, R, R, 3) and mel (T, 10, N) of a Generator's chunks, logging progress per chunk."""
+  video, mel, start = [], [], time.perf_counter()
+  for chunk in chunks:
+    video.append(chunk.video[0])
+    mel.append(chunk.mel[0])
+    log_frames(sum(len(v) for v in video), num_frames, 1, time.perf_counter() - start)
+  return np.concatenate(video), np.concatenate(mel)
+
+
 def evaluate(config, mode: str, seconds: float, segment_seconds: float, streams: int = 1) -> list[dict]:
   """Per stream and segment: {"stream", "segment", "label", **synthetic_av figures}."""
   if mode not in MODES:
@@ -29,33 +40,30 @@ def evaluate(config, mode: str, seconds: float, segment_seconds: float, streams:
   if num_frames < 3 or not 3 <= segment <= num_frames:
     raise ValueError(f"seconds={seconds} and segment_seconds={segment_seconds}: need a segment of at least 0.3 s "
                      "that fits in the stream")
-  opts = config.sample
-  model, params = (None, None) if mode == "real" else build_flav(config.model, config.checkpoint, config.seed)
-  label = opts.label if model is not None and model.num_classes else None
-  common = dict(guidance_scale=opts.guidance_scale, steps_per_frame=opts.steps_per_frame,
-                stochasticity=opts.stochasticity, seed=config.seed, audio_scale=config.audio_scale)
+  generator = None if mode == "real" else Generator.from_config(config)
+  conditional = generator is not None and generator.model.num_classes
+  label = config.sample.label if conditional else None
   results, start = [], time.perf_counter()
   for stream in range(streams):
     if mode == "joint":
-      video, mel = generate.joint(model, params, num_frames, label=label, **{**common, "seed": config.seed + stream})
-      video, mel, wanted = video[0], mel[0], label
+      chunks = generator.stream([0 if label is None else label], num_frames, seed=config.seed + stream, vocode=False)
+      (video, mel), wanted = _joined(chunks, num_frames), label
     else:
-      window = 0 if mode == "real" else model.predict_frames
+      window = 0 if mode == "real" else generator.model.predict_frames
       clip = _real_clip(config, stream, num_frames + window)
       wanted = clip.label
-      clip_label = clip.label if label is not None else None
+      labels = [clip.label if conditional else 0]  # 0: an unconditional model's null label
       if mode == "real":
         video, mel = clip.video, clip.mel
       elif mode == "continuation":
-        video, mel = generate.continuation(model, params, clip.video[:window], clip.mel[:window], num_frames,
-                                           label=clip_label, **{**common, "seed": config.seed + stream})
+        chunks = generator.continue_from(clip.video[None, :window], clip.mel[None, :window], labels, num_frames,
+                                         seed=config.seed + stream, vocode=False)
+        video, mel = _joined(chunks, num_frames)
       elif mode == "audio_to_video":
-        video = generate.video_for_audio(model, params, clip.mel, label=clip_label,
-                                         condition_guidance=opts.condition_guidance, **common)
+        video = generator.video_for(clip.mel[None], labels, num_frames, seed=config.seed)[0]
         mel = clip.mel[:num_frames]
       else:
-        mel = generate.audio_for_video(model, params, clip.video, label=clip_label,
-                                       condition_guidance=opts.condition_guidance, **common)
+        mel = generator.audio_for(clip.video[None], labels, num_frames, seed=config.seed, vocode=False)[0][0]
         video = clip.video[:num_frames]
     for index, figures in enumerate(synthetic_av.stream_figures(video, mel, segment)):
       results.append({"mode": mode, "stream": stream, "segment": index, "label": wanted, **figures})

@@ -36,14 +36,3 @@ def classifier_free_guidance(model: nn.Module, params, scale: float) -> jax.tree
                      "use model_velocity for an unconditional one")
   return jax.tree_util.Partial(_apply_guided, model, float(scale), params)
 
-
-def velocity_for_label(model: nn.Module, params, label: int | None, guidance_scale: float,
-                       streams: int) -> tuple[jax.tree_util.Partial, jax.Array | None]:
-  """(velocity, labels) for `streams` streams of class `label`: labels (streams,) int32, or None when label is
-  None (unconditional); guidance_scale != 1 guides the class-conditional velocity (classifier-free)."""
-  if label is None:
-    return model_velocity(model, params), None
-  labels = jnp.full((streams,), label, jnp.int32)
-  if guidance_scale != 1.0:
-    return classifier_free_guidance(model, params, guidance_scale), labels
-  return model_velocity(model, params), labels

@@ -23,6 +23,8 @@ from absl import logging
 
 from rflav_jax import sample
 from rflav_jax.build import build_flav, build_video_codec
+from rflav_jax.flow.progress import CallProgress
+from rflav_jax.generator import Generator
 from rflav_jax.models import flops
 from rflav_jax.models.flav import FLAV, dummy_inputs, flav_args, flav_from_config
 from rflav_jax.train import checkpointing, input as train_input, optimizer as optim, parallel
@@ -93,14 +95,21 @@ def _stop_if_nonfinite(steps: list[int], metrics: list[dict], checkpoints: check
       "updates (a run whose weights have diverged keeps failing: go back to an earlier checkpoint)")
 
 
-def _write_samples(config, model: FLAV, ema_params, step: int, workdir: pathlib.Path) -> None:
-  """A short stream from the EMA weights into workdir/samples/step_<step>/ (process 0)."""
+def _write_samples(config, generator: Generator, step: int, workdir: pathlib.Path) -> None:
+  """A short stream of the generator (holding the EMA weights) into workdir/samples/step_<step>/ (process 0)."""
   preview = ml_collections.ConfigDict(config.to_dict())
   preview.sample.num_frames = config.train.sample_frames
   preview.sample.num_streams = 1
   start = time.perf_counter()
-  paths = sample.sample_with(model, ema_params, preview, workdir / "samples" / f"step_{step:07d}")
+  paths = sample.sample_with(generator, preview, workdir / "samples" / f"step_{step:07d}")
   logging.info("wrote %s (%.1f s)", paths[0], time.perf_counter() - start)
+
+
+def _previews(config, model: FLAV, ema_params, previous: Generator | None) -> Generator:
+  """The previews' Generator with the EMA weights: the previous one's compiled programs, once there is one."""
+  if previous is not None:
+    return previous.with_params(ema_params)
+  return Generator.from_config(config, model, ema_params, progress=CallProgress())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainState:
@@ -164,6 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                       jax.device_count(), write=is_main)
   stop = _StopSignal()
   pending_steps, pending_metrics, skipped = [], [], 0
+  previews = None
   step = first_step
   started = time.perf_counter()
   try:
@@ -194,7 +204,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       if train.sample_every and step % train.sample_every == 0 and step < train.num_steps:
         ema = parallel.to_host(state.ema_params, mesh)
         if is_main:
-          _write_samples(config, model, ema, step, workdir)
+          previews = _previews(config, model, ema, previews)
+          _write_samples(config, previews, step, workdir)
       if stopping:
         logging.warning("stopped at step %d; run the same command again to continue", step)
         break
@@ -210,5 +221,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if is_main:
     logging.info("exported the EMA weights of step %d to %s", step, folder)
     if train.sample_every and step == train.num_steps:
-      _write_samples(config, model, ema, step, workdir)
+      _write_samples(config, _previews(config, model, ema, previews), step, workdir)
   return state
