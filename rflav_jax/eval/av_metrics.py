@@ -94,13 +94,13 @@ class _Progress:
   """Logs clips embedded so far, the rate and an ETA: after the first batch, then every LOG_EVERY_S and at the end."""
 
   def __init__(self, what: str, total: int):
-    self.what, self.total, self.done = what, total, 0
+    self.what, self.total, self.done, self.batches = what, total, 0, 0
     self.start = self.last = time.perf_counter()
 
   def add(self, clips: int) -> None:
-    self.done += clips
+    self.done, self.batches = self.done + clips, self.batches + 1
     now = time.perf_counter()
-    if self.done in (clips, self.total) or now - self.last >= LOG_EVERY_S:
+    if self.batches == 1 or self.done == self.total or now - self.last >= LOG_EVERY_S:
       self.last, rate = now, self.done / (now - self.start)
       logging.info("%s: clip %d/%d, %.2f clips/s, ETA %.0f s", self.what, self.done, self.total, rate,
                    (self.total - self.done) / rate)
@@ -113,13 +113,13 @@ def _pad(batch: np.ndarray, size: int) -> np.ndarray:
 
 def embed_clips(index: folder_clips.ClipIndex, embedders: list[Embedder], batch_size: int,
                 what: str = "clips") -> dict[str, np.ndarray]:
-  """{embedder name: float32 features (N, D)} of the clips of `index`, a batch of `batch_size` clips (rounded up to
-  a multiple of the local device count) at a time, sharded over all local devices. The host decodes the next batch
-  while the devices embed this one."""
+  """{embedder name: float32 features (N, D)} of the clips of `index`, a batch of `batch_size` clips at a time (at
+  most N, rounded up to a multiple of the local device count), sharded over all local devices. The host decodes the
+  next batch while the devices embed this one."""
   devices = jax.local_devices()
   mesh = Mesh(np.array(devices), ("clips",))
   split, replicated = NamedSharding(mesh, PartitionSpec("clips")), NamedSharding(mesh, PartitionSpec())
-  batch_size = -(-batch_size // len(devices)) * len(devices)
+  batch_size = -(-min(batch_size, len(index)) // len(devices)) * len(devices)
   variables = {e.name: jax.device_put(e.variables, replicated) for e in embedders}
   reads = {e.reads for e in embedders}
   features = {e.name: [] for e in embedders}
@@ -186,7 +186,7 @@ def folder_loops(folder: str | os.PathLike, params: dict, plot_dir: pathlib.Path
       continue
     name = path.relative_to(folder).as_posix()
     found = loops.video_loops(params, reader.read_video(path, folder_clips.FPS))
-    plot = plot_dir / (name.replace("/", "__").removesuffix(".mp4") + ".png")
+    plot = plot_dir / pathlib.PurePosixPath(name).with_suffix(".png").as_posix().replace("/", "__")
     plot.parent.mkdir(parents=True, exist_ok=True)
     loops.write_loop_plot(plot, found)
     results[name] = {**found.summary(), "plot": str(plot)}
