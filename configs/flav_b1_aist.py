@@ -3,6 +3,9 @@
 Convert the three released folders first (see README), then:
   python -m launch.sample --config=configs/flav_b1_aist.py --config.checkpoint=converted/flav_aist \
       --config.codec.checkpoint=converted/sdvae --config.vocoder.checkpoint=converted/vocoder --output_dir=out
+and score the samples against the real test clips as the paper does (config.eval, synthetic_tiny's: 2048 clips):
+  python -m launch.evaluate --config=configs/flav_b1_aist.py --mode=av_metrics --config.eval.real_dir=/data/aist/test \
+      --config.eval.generated_dir=out --config.eval.audioclip_weights=AudioCLIP-Full-Training.pt --output=report.json
 """
 import ml_collections
 

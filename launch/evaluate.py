@@ -5,17 +5,19 @@ r"""Measures bouncing-ball streams from their pictures and sound (rflav_jax/eval
   python -m launch.evaluate --mode=continuation --seconds=6 --segment_seconds=1 --streams=16  # on from real frames
   python -m launch.evaluate --mode=real --seconds=30 --streams=4                       # real clips, the reference
   python -m launch.evaluate --config.checkpoint= --mode=joint --seconds=30             # an untrained model
+  python -m launch.evaluate --mode=av_metrics --config.eval.real_dir=DIR --config.eval.generated_dir=DIR \
+      --output=report.json                  # FVD, KVD, FAD of two folders of mp4 (rflav_jax/eval/av_metrics)
 """
 import json
 
 from absl import flags
 
 from rflav_jax import cli
-from rflav_jax.eval import evaluate
+from rflav_jax.eval import av_metrics, evaluate
 from rflav_jax.train.progress import quiet_library_logs
 
 _CONFIG = cli.define_config("config", "configs/synthetic_tiny.py", "Sampling config of the model.")
-_MODE = flags.DEFINE_enum("mode", "joint", evaluate.MODES, "What to generate and measure.")
+_MODE = flags.DEFINE_enum("mode", "joint", (*evaluate.MODES, av_metrics.MODE), "What to generate and measure.")
 _SECONDS = flags.DEFINE_float("seconds", 30.0, "Length of each stream in seconds (10 frames per second).")
 _SEGMENT = flags.DEFINE_float("segment_seconds", 30.0, "Figures are reported per segment of this length.")
 _STREAMS = flags.DEFINE_integer("streams", 1, "Independent streams (seeds / real clips).")
@@ -26,6 +28,9 @@ def main(argv):
   del argv
   cli.check_output_file("output", _OUTPUT.value)
   quiet_library_logs()
+  if _MODE.value == av_metrics.MODE:
+    print(json.dumps(av_metrics.run(_CONFIG.value.eval, _OUTPUT.value)))
+    return
   results = evaluate.evaluate(_CONFIG.value, _MODE.value, _SECONDS.value, _SEGMENT.value, _STREAMS.value)
   for result in results:
     print(json.dumps(result))
