@@ -247,6 +247,7 @@ def test_label_dropout_uses_the_null_label_only_in_training():
   assert np.all(is_null ^ is_cond) and 16 < is_null.sum() < 48
 
 
+@pytest.mark.slow
 def test_label_dropout_per_branch_draws_each_branchs_label_on_its_own():
   """As the official model: the video and the audio label embeddings drop their label in separate draws, so all
   four combinations occur, each about a quarter of the time at probability 0.5."""
