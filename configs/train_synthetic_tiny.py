@@ -22,6 +22,9 @@ def get_config(variant: str = ""):
     # The CPU recipe trains the earlier shipped model's size, 8x8 patches and 2 blocks: a quarter of the shipped
     # model's tokens, so that a 2-core CPU gets through its steps in about 17 minutes (README).
     config.model.update(patch_size=8, depth=2)
+  # The shipped model was trained dropping both branches' labels in one draw; the official model (FLAV's default,
+  # "per_branch") draws for each branch.
+  config.model.label_dropout = "shared"
 
   # Data: the bouncing-ball set in memory; each step sees random 10-frame windows of 16-frame clips.
   config.data = ml_collections.ConfigDict(dict(
@@ -36,8 +39,9 @@ def get_config(variant: str = ""):
       weight_decay=0.02, grad_clip=1.0))
   # Rolling flow loss: share of rolling (vs pre-rolling) windows and the per-frame weighting.
   config.loss = ml_collections.ConfigDict(dict(p_rollout=0.8, weighting="logit_normal"))
-  # EMA of the weights: decay warmed up as 1 - (1 + n)^-power, capped at `decay` (warmup=False: fixed decay).
-  config.ema = ml_collections.ConfigDict(dict(decay=0.999, warmup=True, power=0.75))
+  # EMA of the weights (train/state.py): "diffusers" is the official recipe's schedule; the shipped model was trained
+  # with "power", 1 - (1 + n)^-power capped at `decay` ("constant": `decay` throughout).
+  config.ema = ml_collections.ConfigDict(dict(schedule="power", decay=0.999, power=0.75))
 
   config.train = ml_collections.ConfigDict(dict(
       batch_size=8,  # global, over all devices of all hosts

@@ -1,11 +1,12 @@
 r"""Builds a TFDS dataset from a folder of mp4 (webm, avi, mkv, mov) files, as the official release lays out.
 
   python -m launch.prepare_data --source_dir=/data/aist --data_dir=/data/tfds --labelled \
-      --resolution=256 --clip_frames=10
+      --resolution=256 --clip_frames=50
 
 source_dir holds train/ and test/ (one sub-folder per class with --labelled). Each file is cut into
-non-overlapping windows of --clip_frames frames; unreadable files, files without audio and files shorter
-than one window are skipped and listed in build_report.json next to the dataset. Prints the report.
+non-overlapping clips of --clip_frames frames (50: the official clip length; training draws the model's 10-frame
+windows from them at any offset); unreadable files, files without audio and files shorter than one clip are
+skipped and listed in build_report.json next to the dataset. Prints the report.
 """
 from absl import flags
 
@@ -18,7 +19,8 @@ _SOURCE_DIR = flags.DEFINE_string("source_dir", None, "Folder holding train/ and
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder to write the dataset into.", required=True)
 _RESOLUTION = flags.DEFINE_integer("resolution", 256, "Side of the square frames in pixels (letterboxed).")
 _FPS = flags.DEFINE_float("fps", 10.0, "Video frame rate to resample to; 16000 / fps must be a multiple of 160.")
-_CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 10, "Frames per example (non-overlapping windows).")
+_CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 50, "Frames per example (non-overlapping clips); training "
+                                    "windows are cut from them at any offset.")
 _LABELLED = flags.DEFINE_bool("labelled", False, "Classes from the sub-folders of train/ and test/ (sorted names).")
 _CHANNELS = flags.DEFINE_enum("channels", "first", CHANNEL_MODES,
                               "Stereo to mono: the first channel (as the official code) or the mean.")

@@ -148,7 +148,7 @@ def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, rep
   recipe = ml_collections.ConfigDict(dict(
       optim=dict(lr=1e-4, schedule="constant", warmup_steps=0, decay_steps=0, min_lr_ratio=0.0, b1=0.9, b2=0.999,
                  eps=1e-8, weight_decay=0.02, grad_clip=1.0),
-      loss=dict(p_rollout=0.8, weighting="logit_normal"), ema=dict(decay=0.9999, warmup=True, power=0.75)))
+      loss=dict(p_rollout=0.8, weighting="logit_normal"), ema=dict(schedule="diffusers", decay=0.9999)))
   optimizer = train_optimizer.make_optimizer(recipe.optim, num_steps=1)
   step = jax.jit(make_train_step(model, optimizer, train_optimizer.learning_rate_schedule(recipe.optim, 1),
                                  recipe.loss, ema_decay_fn(recipe.ema), accumulate_steps), donate_argnums=0,

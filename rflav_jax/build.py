@@ -18,9 +18,9 @@ from rflav_jax.codecs.sdvae import AutoencoderKL, SdVaeCodec, VaeConfig
 from rflav_jax.codecs.vocoder import MelVocoder
 from rflav_jax.models.flav import FLAV, KERNEL_ARGS, PRESETS, dummy_inputs, flav_from_config, init_params
 
-# Settings that do not change the weights (compute dtype, rematerialisation, the kernels that run): a config may set
-# them freely over a checkpoint's.
-RUNTIME_ARGS = ("dtype", "remat", "remat_policy", "class_dropout_prob", *KERNEL_ARGS)
+# Settings that do not change the weights (compute dtype, rematerialisation, label dropout, the kernels that run): a
+# config may set them freely over a checkpoint's.
+RUNTIME_ARGS = ("dtype", "remat", "remat_policy", "class_dropout_prob", "label_dropout", *KERNEL_ARGS)
 _FIELDS = {name: field.default for name, field in FLAV.__dataclass_fields__.items() if name not in ("parent", "name")}
 _CONVERT_COMMAND = {"sdvae": "`python -m launch.convert --kind=sdvae`",
                     "vocoder": "`python -m launch.convert --kind=vocoder`"}

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import rel_l2
-from rflav_jax.models import flav, layers
+from rflav_jax.models import flav, layers, platforms
 from rflav_jax.models.platforms import Platform, current_platform
+from rflav_jax.models.splash import splash_attention
 from test_flav import random_params, tiny_inputs
 
-CPU, GPU_WITH_CUDNN = Platform("cpu"), Platform("gpu", cudnn_attention=True)
+CPU, GPU_WITH_CUDNN, TPU = Platform("cpu"), Platform("gpu", cudnn_attention=True), Platform("tpu")
 SMALL = dict(latent_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=2,
              predict_frames=4, n_mels=16, causal_attn=True)
 
@@ -32,15 +33,18 @@ def test_builder_runs_cudnn_or_looped_attention_only_where_it_applies():
   choose = cpu.kernels.attention  # long sequences run looped
   assert choose(jnp.bfloat16, 64, 10, False) == choose(jnp.float32, 64, 255, True) == "xla"
   assert choose(jnp.float32, 64, 256, True) == choose(jnp.bfloat16, 64, 1024, False) == "looped"
-  for platform in (Platform("gpu"), Platform("tpu")):  # no cuDNN flash attention: XLA's kernels everywhere
-    assert flav.flav_from_config(SMALL, platform).kernels == layers.Kernels()
+  assert flav.flav_from_config(SMALL, Platform("gpu")).kernels == layers.Kernels()  # no cuDNN: XLA's kernels
+  tpu = flav.flav_from_config(SMALL, TPU).kernels  # splash attention for long sequences, XLA's otherwise
+  assert tpu == layers.Kernels(splash_attention_min_tokens=platforms.TPU_SPLASH_MIN_TOKENS)
+  assert tpu.attention(jnp.float32, 64, 1024, False) == tpu.attention(jnp.bfloat16, 64, 10340, True) == "splash"
+  assert tpu.attention(jnp.bfloat16, 64, 10, False) == tpu.attention(jnp.bfloat16, 64, 100, False) == "xla"
   assert flav.FLAV(**SMALL).kernels == layers.Kernels()  # built directly: XLA's kernels everywhere
   # The config's attention_impl ("auto", None and "" alike by default) and any kernel attribute it sets are kept.
   for impl in (None, "", "auto"):
     auto = flav.flav_from_config({**SMALL, "attention_impl": impl}, CPU).kernels
     assert auto.attention(jnp.float32, 8, 300, False) == "looped"
-  for impl in ("xla", "cudnn", "looped"):
-    for platform in (CPU, GPU_WITH_CUDNN):
+  for impl in ("xla", "cudnn", "looped", "splash"):
+    for platform in (CPU, GPU_WITH_CUDNN, TPU):
       model = flav.flav_from_config({"preset": "FLAV-S/2", "attention_impl": impl}, platform)
       assert model.hidden_size == 384 and model.kernels.attention(jnp.bfloat16, 64, 300, False) == impl
   assert flav.flav_from_config({**SMALL, "chunk_tokens": None}, CPU).chunk_tokens is None
@@ -64,7 +68,8 @@ def test_platform_choices_are_not_stored_and_follow_the_model_to_other_devices()
 def test_bad_kernel_attributes_are_named():
   for bad, match in [(dict(attention_impl="flash"), "attention implementation 'flash'"),
                      (dict(linear_dot="cpu"), "linear_dot='cpu'"), (dict(chunk_tokens=0), "chunk_tokens=0"),
-                     (dict(looped_attention_min_tokens=-1), "looped_attention_min_tokens=-1")]:
+                     (dict(looped_attention_min_tokens=-1), "looped_attention_min_tokens=-1"),
+                     (dict(splash_attention_min_tokens=0), "splash_attention_min_tokens=0")]:
     with pytest.raises(ValueError, match=match):
       layers.Kernels(**bad)
 
@@ -90,6 +95,62 @@ def test_looped_attention_matches_xla_values_and_gradients(is_causal, masked):
   grads = [jax.grad(lambda *x, f=f: jnp.sum(f(*x) * weights), argnums=(0, 1, 2))(q, k, v) for f in (looped, xla)]
   for looped_grad, xla_grad in zip(*grads):
     assert rel_l2(looped_grad, xla_grad) < 1e-5
+
+
+def xla_attention(is_causal, mask):
+  return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, mask=mask, implementation="xla")
+
+
+def values_and_gradients(attend, q, k, v):
+  """attend(q, k, v) and the gradients of a loss that weighs every output differently."""
+  weights = jax.random.normal(jax.random.key(5), q.shape)
+  loss = lambda *x: jnp.sum(attend(*x) * weights)
+  return jax.jit(attend)(q, k, v), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+
+@pytest.mark.parametrize("is_causal, masked", [pytest.param(*case, marks=pytest.mark.slow)
+                                               for case in [(False, False), (True, False), (False, True)]] +
+                         [(True, True)])
+def test_splash_attention_matches_xla_values_and_gradients(is_causal, masked):
+  """The Pallas TPU kernel in interpret mode on the CPU; 200 tokens, which it pads to two 128-token blocks."""
+  q, k, v = qkv(seed=int(is_causal) + 2 * int(masked), shape=(2, 200, 2, 16))
+  n = q.shape[1]
+  mask = np.asarray(jax.random.bernoulli(jax.random.key(9), 0.7, (n, n))) | np.eye(n, dtype=bool) if masked else None
+  splash = lambda q, k, v: splash_attention(q, k, v, is_causal=is_causal, mask=mask, interpret=True)
+  (got, got_grads), (want, want_grads) = (values_and_gradients(f, q, k, v)
+                                          for f in (splash, xla_attention(is_causal, mask)))
+  assert rel_l2(got, want) < 1e-5
+  for got_grad, want_grad in zip(got_grads, want_grads):
+    assert rel_l2(got_grad, want_grad) < 1e-5
+
+
+def test_splash_attention_refuses_a_traced_mask():
+  q, k, v = qkv(seed=0, shape=(1, 8, 1, 8))
+  traced_mask = lambda q: splash_attention(q, k, v, mask=jnp.ones((8, 8), bool) & (q[0, :, 0, :1] > -9), interpret=True)
+  with pytest.raises(ValueError, match="concrete mask"):
+    jax.jit(traced_mask)(q)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block_type", ["c", "a"])
+def test_flav_with_splash_attention_has_xlas_outputs_and_gradients(block_type):
+  """Every attention of a causal FLAV through the interpreted kernel: spatial, causal temporal and audio attention
+  (block "c"), and the frame-causal mask of the joint attention (block "a")."""
+  xla_model = flav.FLAV(**SMALL, block_type=block_type)
+  splash_model = xla_model.clone(attention_impl="auto", splash_attention_min_tokens=1, pallas_interpret=True)
+  assert splash_model.kernels.attention(jnp.float32, 16, 4, True) == "splash"
+  v, a, t, y = tiny_inputs(xla_model, jax.random.key(3))
+  params = random_params(xla_model, jax.random.key(4))
+
+  def run(model):
+    outputs = lambda p: model.apply({"params": p}, v, a, t, y)
+    loss = lambda p: sum(jnp.sum(o * jnp.cos(jnp.arange(o.size).reshape(o.shape))) for o in outputs(p))
+    return jax.jit(outputs)(params), jax.jit(jax.grad(loss))(params)
+
+  (got, got_grads), (want, want_grads) = run(splash_model), run(xla_model)
+  for got_out, want_out in zip(got, want):
+    assert rel_l2(got_out, want_out) < 1e-5
+  jax.tree.map(lambda g1, g2: np.testing.assert_array_less(rel_l2(g1, g2), 1e-5), got_grads, want_grads)
 
 
 def test_looped_attention_in_bfloat16_stays_within_its_rounding():

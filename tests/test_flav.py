@@ -233,7 +233,7 @@ def test_remat_and_bfloat16_options():
 
 
 def test_label_dropout_uses_the_null_label_only_in_training():
-  model = FLAV(**TINY, class_dropout_prob=0.5)
+  model = FLAV(**TINY, class_dropout_prob=0.5, label_dropout="shared")
   params = random_params(model, jax.random.key(0))
   v, a, t, _ = tiny_inputs(model, jax.random.key(5))
   v, a, t = (jnp.repeat(x[:1], 64, axis=0) for x in (v, a, t))
@@ -245,3 +245,33 @@ def test_label_dropout_uses_the_null_label_only_in_training():
   is_null = np.abs(dropped - null).reshape(64, -1).max(axis=1) < 1e-5
   is_cond = np.abs(dropped - cond).reshape(64, -1).max(axis=1) < 1e-5
   assert np.all(is_null ^ is_cond) and 16 < is_null.sum() < 48
+
+
+@pytest.mark.slow
+def test_label_dropout_per_branch_draws_each_branchs_label_on_its_own():
+  """As the official model: the video and the audio label embeddings drop their label in separate draws, so all
+  four combinations occur, each about a quarter of the time at probability 0.5."""
+  model = FLAV(**TINY, class_dropout_prob=0.5)
+  assert model.label_dropout == "per_branch"
+  params = random_params(model, jax.random.key(0))
+  v, a, t, _ = tiny_inputs(model, jax.random.key(5))
+  v, a, t = (jnp.repeat(x[:1], 256, axis=0) for x in (v, a, t))
+  y = jnp.zeros((256,), jnp.int32)
+  apply = jax.jit(model.apply, static_argnames="train")
+  flat = lambda outputs: np.concatenate([np.asarray(x).reshape(256, -1) for x in outputs], axis=1)
+
+  def null_in(*branches):
+    """The outputs for label 0 with the given branches' tables embedding it as the null label (2)."""
+    tables = {f"{b}_y_embedder": {"embedding": jnp.asarray(params[f"{b}_y_embedder"]["embedding"]).at[0].set(
+        params[f"{b}_y_embedder"]["embedding"][2])} for b in branches}
+    return flat(apply({"params": {**params, **tables}}, v, a, t, y))[0]
+
+  dropped = flat(apply({"params": params}, v, a, t, y, train=True, rngs={"dropout": jax.random.key(7)}))
+  references = {"neither": null_in(), "video": null_in("video"), "audio": null_in("audio"),
+                "both": null_in("video", "audio")}
+  matches = {name: np.abs(dropped - ref).max(axis=1) < 1e-5 for name, ref in references.items()}
+  assert np.all(sum(matches.values()) == 1)  # each example is exactly one of the four combinations
+  counts = {name: int(match.sum()) for name, match in matches.items()}
+  assert all(32 < count < 96 for count in counts.values()), counts
+  with pytest.raises(ValueError, match="label_dropout='each'"):
+    FLAV(**TINY, label_dropout="each").init(jax.random.key(0), v[:1], a[:1], t[:1], y[:1])

@@ -137,3 +137,47 @@ def test_window_crops_consecutive_frames_at_seeded_offsets(data):
   assert len(offsets) > 1  # offsets vary over examples
   with pytest.raises(ValueError, match="window_frames=5"):
     one_pass(data, window_frames=5)
+
+
+def numbered_clips(num_clips: int, frames: int) -> dict[str, np.ndarray]:
+  """Clips whose every frame says which clip and frame it is: video[c, f] = (c, f, 0) in every pixel, and mel
+  column values f (to check that video and mel are cut at the same offset)."""
+  clip, frame = np.meshgrid(np.arange(num_clips), np.arange(frames), indexing="ij")
+  video = np.zeros((num_clips, frames, 2, 2, 3), np.uint8)
+  video[..., 0], video[..., 1] = clip[..., None, None], frame[..., None, None]
+  mel = np.broadcast_to(frame[..., None, None], (num_clips, frames, 10, 4)).astype(np.float32)
+  return {"video": video, "mel": mel, "label": np.zeros(num_clips, np.int64)}
+
+
+def windows_seen(data, steps: int, window: int = 10, **kwargs) -> list[tuple[int, int]]:
+  """(clip, first frame) of every window the first `steps` global batches of 4 hold."""
+  kwargs = {"process_index": 0, "process_count": 1, "local_device_count": 1, **kwargs}
+  seen = []
+  for batch in itertools.islice(pipeline.make_pipeline(data, global_batch_size=4, seed=8, window_frames=window,
+                                                       **kwargs), steps):
+    video = np.round((batch["video"] + 1.0) * 127.5).astype(int)  # (4, window, 2, 2, 3)
+    clips, frames = video[:, :, 0, 0, 0], video[:, :, 0, 0, 1]
+    assert np.all(clips == clips[:, :1]) and np.all(frames == frames[:, :1] + np.arange(window))
+    np.testing.assert_array_equal(batch["mel"][:, :, 0, 0], frames)  # the mel of the same frames
+    seen += [(int(c), int(f)) for c, f in zip(clips[:, 0], frames[:, 0])]
+  return seen
+
+
+def test_windows_start_at_every_frame_of_official_length_clips():
+  """Clips stored at the official 50 frames give every 10-frame window at stride 1, 41 per clip, each about equally
+  often; the same frames stored as 10-frame clips give 5 windows per 50 frames, 8x fewer."""
+  seen = windows_seen(numbered_clips(4, 50), steps=600)
+  assert set(seen) == {(clip, start) for clip in range(4) for start in range(41)}  # 164 distinct windows
+  counts = np.bincount([clip * 41 + start for clip, start in seen])
+  assert counts.min() >= 5 and counts.max() <= 30  # 2400 draws: about 14.6 per window
+  short_clips = {name: array.reshape(20, 10, *array.shape[2:]) if name != "label" else np.zeros(20, np.int64)
+                 for name, array in numbered_clips(4, 50).items()}
+  assert len(set(windows_seen(short_clips, steps=600))) == 20
+
+
+def test_windows_are_fixed_by_seed_and_step_whatever_the_host_count():
+  data = numbered_clips(4, 50)
+  straight = windows_seen(data, steps=12)
+  assert windows_seen(data, steps=4, start_step=8) == straight[32:]  # resuming at step 8
+  two_hosts = [windows_seen(data, steps=12, process_index=i, process_count=2) for i in range(2)]
+  assert [w for step in range(12) for host in two_hosts for w in host[2 * step:2 * step + 2]] == straight

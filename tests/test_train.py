@@ -149,11 +149,11 @@ def test_tensorboard_goes_through_tensorflows_filesystems_which_include_gcs():
 
 def test_ema_decay_warms_up_and_is_capped():
   config = micro_config()
-  config.ema.update(decay=0.99, warmup=True, power=0.75)
+  config.ema.update(decay=0.99, schedule="power", power=0.75)
   decay = ema_decay_fn(config.ema)
   np.testing.assert_allclose(decay(np.int32(1)), 1 - 2 ** -0.75, rtol=1e-6)
   assert float(decay(np.int32(10 ** 6))) == pytest.approx(0.99)
-  config.ema.warmup = False
+  config.ema.schedule = "constant"
   assert float(ema_decay_fn(config.ema)(np.int32(1))) == pytest.approx(0.99)
 
 

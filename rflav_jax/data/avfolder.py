@@ -6,17 +6,19 @@
 
 Files with the extensions in MEDIA_EXTENSIONS are read with rflav_jax.media.read_clip (video resampled to
 `fps`, letterboxed to `resolution`, mono 16 kHz audio trimmed to whole frames) and cut into NON-OVERLAPPING
-windows of `clip_frames` frames from the file's first frame; a tail shorter than a window is dropped. Each
-window is one example:
+clips of `clip_frames` frames from the file's first frame; a tail shorter than a clip is dropped. Each clip is
+one example. The default, 50 frames (5 s at 10 fps), is the clip length of the official data; training then
+draws a window of the model's 10 frames at any offset of a clip (`data.pipeline`), as the official data set does
+at stride 1. Examples:
 
   video:  uint8 (T, R, R, 3)        T = clip_frames, R = resolution
-  mel:    float32 (T, F, 256)       the official front end on the window's own audio (normalised per clip,
-                                    as the official code does), F = 16000 / fps / 160 columns (10 at 10 fps)
+  mel:    float32 (T, F, 256)       the official front end on the clip's own audio (normalised per clip),
+                                    F = 16000 / fps / 160 columns (10 at 10 fps)
   label:  int64                     class index, or -1 when the dataset is unlabelled
   source: str                       the file's path relative to source_dir
-  start:  float32                   the window's start time in the file, seconds
+  start:  float32                   the clip's start time in the file, seconds
 
-Files that cannot be decoded, have no audio track or are shorter than one window (and, when labelled,
+Files that cannot be decoded, have no audio track or are shorter than one clip (and, when labelled,
 files outside any class folder) are skipped: the build never dies on one file. They are counted and
 listed in a BuildReport, logged and written as build_report.json in the dataset's directory.
 """
@@ -49,7 +51,7 @@ class AvFolderConfig(tfds.core.BuilderConfig):
   """How files become examples; class_names is filled from the source folder when labelled."""
   resolution: int = 256
   fps: float = 10.0
-  clip_frames: int = 10
+  clip_frames: int = 50
   labelled: bool = False
   class_names: tuple[str, ...] = ()
   channels: str = "first"
@@ -165,7 +167,7 @@ class AvFolder(tfds.core.GeneratorBasedBuilder):
 
 
 def build_avfolder(source_dir: str | os.PathLike, data_dir: str | os.PathLike, *, resolution: int = 256,
-                   fps: float = 10.0, clip_frames: int = 10, labelled: bool = False, channels: str = "first",
+                   fps: float = 10.0, clip_frames: int = 50, labelled: bool = False, channels: str = "first",
                    name: str | None = None) -> BuildReport:
   """Builds (once) the TFDS dataset of `source_dir` under `data_dir` and returns its BuildReport.
 
@@ -195,7 +197,7 @@ def build_avfolder(source_dir: str | os.PathLike, data_dir: str | os.PathLike, *
 
 
 def avfolder_config(source_dir: str | os.PathLike, *, resolution: int = 256, fps: float = 10.0,
-                    clip_frames: int = 10, labelled: bool = False, channels: str = "first",
+                    clip_frames: int = 50, labelled: bool = False, channels: str = "first",
                     name: str | None = None) -> AvFolderConfig:
   """The builder config for `source_dir`, checked; class names read from its split folders when labelled."""
   source = pathlib.Path(source_dir)
@@ -242,7 +244,7 @@ def _label(path_in_split: pathlib.Path, config: AvFolderConfig) -> int:
 
 
 def _clips_of_file(path: pathlib.Path, config: AvFolderConfig) -> list[tuple[int, np.ndarray, np.ndarray]]:
-  """[(start frame, video uint8 (T, R, R, 3), mel float32 (T, F, 256))] for the file's whole windows."""
+  """[(start frame, video uint8 (T, R, R, 3), mel float32 (T, F, 256))] for the file's whole clips."""
   clip = read_clip(path, fps=config.fps, sample_rate=SAMPLE_RATE, resolution=config.resolution,
                    channels=config.channels, min_frames=config.clip_frames)
   frames, spf = config.clip_frames, samples_per_frame(config.fps, SAMPLE_RATE)

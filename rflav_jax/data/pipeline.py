@@ -14,7 +14,11 @@ takes its contiguous part [h G / P, (h + 1) G / P) of every global batch. So
 Sources: in-memory arrays (synthetic.synthetic_dataset), or a TFDS dataset written in the ArrayRecord
 format (avfolder.build_avfolder and synthetic_tfds.build_bouncing_ball write it), read through
 `builder.as_data_source(split)`. With `window_frames`, each example is cut to a window of that many
-consecutive frames at an offset drawn from (seed, position), so the crop too is fixed by the step.
+consecutive frames (video and mel alike) at an offset drawn uniformly from (seed, position), position being
+fixed by (step, example): the crop too is fixed by the step. From clips of the official 50 frames
+(`launch.prepare_data`'s default) a 10-frame window may start at any of their 41 frames, as in the official data
+set, which lists every window at stride 1. One difference remains: a window's mel is cut from its clip's, whose
+audio was peak-normalised over the clip, where the official code normalises each window's own audio.
 
 Yielded batch (flat, this host's host_batch = G / process_count examples): {"video": float32
 (B, T, H, W, 3) in [-1, 1] (or whatever `encode_video` returns), "mel": float32 (B, T, 10, N) times
@@ -109,7 +113,7 @@ def make_pipeline(source: "tfds.core.DatasetBuilder | Mapping[str, np.ndarray] |
     (examples, T, H, W, 3), "mel" float32 (examples, T, F, N) and "label" (examples,), or a `Source`.
   repeat: False stops after one epoch (its last partial global batch is dropped).
   audio_scale: the dataset's mel scale (e.g. codecs.audio.AIST_AUDIO_SCALE); 1 leaves the mel in [-1, 1].
-  window_frames: cut each example to this many consecutive frames (None keeps all T).
+  window_frames: cut each example to this many consecutive frames at a drawn offset (None keeps all T).
   process_index / process_count / local_device_count: default to jax's values for this host.
   encode_video: optional, called on each batch's float video (e.g. SD-VAE latents); its result replaces
     "video" and must keep the leading host_batch axis.

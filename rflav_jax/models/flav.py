@@ -21,6 +21,7 @@ from typing import Any
 import einops
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from rflav_jax.models import layers
@@ -34,6 +35,9 @@ KERNEL_ARGS = tuple(field.name for field in dataclasses.fields(Kernels))
 PLATFORM_ARGS = tuple(name for name in KERNEL_ARGS if name != "attention_impl")
 
 BLOCK_TYPES = ("a", "b", "c")
+# How training drops labels for classifier-free guidance: an independent draw for each branch's label embedding
+# (the official model's), or one draw for both.
+LABEL_DROPOUTS = ("per_branch", "shared")
 REMAT_POLICIES = {
     "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
@@ -42,9 +46,10 @@ REMAT_POLICIES = {
 }
 
 
-def frame_causal_mask(num_frames: int, tokens_per_frame: int) -> jax.Array:
-  """bool (T*n, T*n): a token of frame i may attend to every token of frames <= i."""
-  frame = jnp.arange(num_frames * tokens_per_frame) // tokens_per_frame
+def frame_causal_mask(num_frames: int, tokens_per_frame: int) -> np.ndarray:
+  """bool (T*n, T*n): a token of frame i may attend to every token of frames <= i (numpy: a constant under jit, as
+  splash attention needs)."""
+  frame = np.arange(num_frames * tokens_per_frame) // tokens_per_frame
   return frame[:, None] >= frame[None, :]
 
 
@@ -119,6 +124,8 @@ class FLAV(nn.Module):
     in_channels: C of the video input.
     hidden_size, depth, num_heads, mlp_ratio: transformer width, blocks, heads, MLP expansion.
     class_dropout_prob: probability of replacing a label by the null label while training.
+    label_dropout: "per_branch" (as the official model: the video and the audio label embeddings each drop their
+      label in a draw of their own) or "shared" (one draw drops both).
     num_classes: 0 for an unconditional model; otherwise labels are 0..num_classes-1, null = num_classes.
     predict_frames: T, the window length (position embeddings are learned per frame).
     n_mels: N mel bins; audio_columns: F mel columns per video frame (10).
@@ -127,10 +134,13 @@ class FLAV(nn.Module):
     remat: gradient checkpointing of each block; remat_policy names a `jax.checkpoint_policies` entry.
     dtype: compute dtype (parameters stay float32).
   Kernel attributes (KERNEL_ARGS; they change no parameter and no value beyond float rounding):
-    attention_impl: "xla", "cudnn", "looped", or None / "" / "auto": per attention call, cuDNN if cudnn_attention
-      and the call allows it, "looped" from looped_attention_min_tokens tokens, XLA otherwise.
+    attention_impl: "xla", "cudnn", "looped", "splash", or None / "" / "auto": per attention call, cuDNN if
+      cudnn_attention and the call allows it, "splash" from splash_attention_min_tokens tokens, "looped" from
+      looped_attention_min_tokens tokens, XLA otherwise.
     cudnn_attention: "auto" may run cuDNN flash attention (NVIDIA GPUs).
     looped_attention_min_tokens: "auto" runs "looped" attention from this many tokens on; None: never.
+    splash_attention_min_tokens: "auto" runs Pallas splash attention (TPUs) from this many tokens on; None: never.
+    pallas_interpret: Pallas kernels run in interpret mode (CPU tests of the TPU kernels).
     linear_dot: the Linear layers' matmul, "xla" or "transposed_weight_grad" (the CPU's).
     chunk_tokens: attention and MLPs over many tokens run in chunks of at most this many; None: all at once.
   """
@@ -142,6 +152,7 @@ class FLAV(nn.Module):
   num_heads: int = 12
   mlp_ratio: float = 4.0
   class_dropout_prob: float = 0.1
+  label_dropout: str = "per_branch"
   num_classes: int = 0
   predict_frames: int = 10
   n_mels: int = 256
@@ -154,6 +165,8 @@ class FLAV(nn.Module):
   attention_impl: str | None = None
   cudnn_attention: bool = False
   looped_attention_min_tokens: int | None = None
+  splash_attention_min_tokens: int | None = None
+  pallas_interpret: bool = False
   linear_dot: str = "xla"
   chunk_tokens: int | None = None
 
@@ -169,6 +182,8 @@ class FLAV(nn.Module):
       raise ValueError(f"latent_size={self.latent_size} is not divisible by patch_size={self.patch_size}")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+    if self.label_dropout not in LABEL_DROPOUTS:
+      raise ValueError(f"label_dropout={self.label_dropout!r}: expected one of {LABEL_DROPOUTS}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}: expected one of {sorted(REMAT_POLICIES)}")
     d, frames = self.hidden_size, self.predict_frames
@@ -203,9 +218,9 @@ class FLAV(nn.Module):
 
     c_v, c_a = self.video_t_embedder(t), self.audio_t_embedder(t)
     if self.num_classes:
-      y = self._drop_labels(y) if train else y
-      c_v = c_v + self.video_y_embedder(y)[:, None].astype(self.dtype)
-      c_a = c_a + self.audio_y_embedder(y)[:, None].astype(self.dtype)
+      y_v, y_a = self._drop_labels(y) if train else (y, y)
+      c_v = c_v + self.video_y_embedder(y_v)[:, None].astype(self.dtype)
+      c_a = c_a + self.audio_y_embedder(y_a)[:, None].astype(self.dtype)
 
     for block in self.blocks:
       v, a = block(v, a, c_v, c_a)
@@ -215,12 +230,17 @@ class FLAV(nn.Module):
     a = self.audio_final_layer(a, c_a)
     return v.astype(jnp.float32), a.astype(jnp.float32)
 
-  def _drop_labels(self, y: jax.Array) -> jax.Array:
-    """Replaces each label by the null label with probability class_dropout_prob (rng stream "dropout")."""
+  def _drop_labels(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(video labels, audio labels) (B,): each label replaced by the null label with probability class_dropout_prob,
+    drawn per branch or once for both (label_dropout), from the rng stream "dropout"."""
     if not self.class_dropout_prob:
-      return y
-    drop = jax.random.bernoulli(self.make_rng("dropout"), self.class_dropout_prob, y.shape)
-    return jnp.where(drop, self.num_classes, y)
+      return y, y
+    drop = lambda: jnp.where(jax.random.bernoulli(self.make_rng("dropout"), self.class_dropout_prob, y.shape),
+                             self.num_classes, y)
+    if self.label_dropout == "shared":
+      shared = drop()
+      return shared, shared
+    return drop(), drop()
 
   def _check_inputs(self, v, a, t, y):
     size, frames = self.latent_size, self.predict_frames

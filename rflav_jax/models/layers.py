@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from rflav_jax.models.splash import splash_attention
+
 Dtype = Any
 
 xavier = nn.initializers.xavier_uniform()
@@ -33,7 +35,7 @@ def layer_norm(dtype: Dtype) -> nn.LayerNorm:
 
 
 # Implementations accepted by `Kernels.attention_impl`; None, "" and "auto" choose per call (`Kernels.attention`).
-ATTENTION_IMPLS = (None, "", "auto", "xla", "cudnn", "looped")
+ATTENTION_IMPLS = (None, "", "auto", "xla", "cudnn", "looped", "splash")
 # Matmuls accepted by `Kernels.linear_dot`.
 LINEAR_DOTS = ("xla", "transposed_weight_grad")
 # cuDNN flash attention: half-precision inputs, head dim a multiple of 8 up to 128 (256 from Hopper on).
@@ -46,10 +48,12 @@ class Kernels:
   """Which kernels the layers run. The defaults are XLA's attention and matmul, with no chunking.
 
   attention_impl: "xla", "cudnn" (both `jax.nn.dot_product_attention`; cuDNN's is fused, on NVIDIA GPUs),
-    "looped" (`looped_attention`), or None / "" / "auto": chosen per call by `attention` from the next two
-    fields and the call's dtype and shapes.
+    "looped" (`looped_attention`), "splash" (`splash.splash_attention`, the Pallas TPU flash kernel), or None /
+    "" / "auto": chosen per call by `attention` from the next three fields and the call's dtype and shapes.
   cudnn_attention: whether "auto" may run cuDNN flash attention (the devices are NVIDIA GPUs that have it).
   looped_attention_min_tokens: "auto" runs "looped" for sequences of at least this many tokens; None: never.
+  splash_attention_min_tokens: "auto" runs "splash" for sequences of at least this many tokens; None: never.
+  pallas_interpret: run Pallas kernels ("splash") in interpret mode, on any backend (tests on CPUs).
   linear_dot: the Linear layers' matmul: "xla" (`lax.dot_general`) or "transposed_weight_grad"
     (`transposed_weight_grad_dot`: the same values, a weight gradient from a transposed copy of the input).
   chunk_tokens: token-wise work runs in chunks of at most this many tokens (see `chunks`); None: all at once.
@@ -57,6 +61,8 @@ class Kernels:
   attention_impl: str | None = None
   cudnn_attention: bool = False
   looped_attention_min_tokens: int | None = None
+  splash_attention_min_tokens: int | None = None
+  pallas_interpret: bool = False
   linear_dot: str = "xla"
   chunk_tokens: int | None = None
 
@@ -65,26 +71,29 @@ class Kernels:
       raise ValueError(f"attention implementation {self.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
     if self.linear_dot not in LINEAR_DOTS:
       raise ValueError(f"linear_dot={self.linear_dot!r}: expected one of {LINEAR_DOTS}")
-    for name in ("looped_attention_min_tokens", "chunk_tokens"):
+    for name in ("looped_attention_min_tokens", "splash_attention_min_tokens", "chunk_tokens"):
       value = getattr(self, name)
       if value is not None and (not isinstance(value, int) or value < 1):
         raise ValueError(f"{name}={value!r}: expected a positive number of tokens, or None")
 
   def attention(self, dtype: Dtype, head_dim: int, tokens: int, masked: bool) -> str:
-    """The implementation of one attention over `tokens` tokens: "xla", "cudnn" or "looped".
+    """The implementation of one attention over `tokens` tokens: "xla", "cudnn", "looped" or "splash".
 
-    "xla", "cudnn" and "looped" are kept as requested. None, "" and "auto" pick cuDNN flash attention (no
-    attention matrix in memory) when cudnn_attention is set and cuDNN supports the call: bf16/fp16 compute,
+    "xla", "cudnn", "looped" and "splash" are kept as requested. None, "" and "auto" pick cuDNN flash attention
+    (no attention matrix in memory) when cudnn_attention is set and cuDNN supports the call: bf16/fp16 compute,
     head_dim a multiple of 8 up to 128, and with an explicit mask (which cuDNN takes as a bias) an even token
-    count; else "looped" for at least looped_attention_min_tokens tokens; XLA otherwise. "looped" computes the
-    same function as XLA's (float32 rounding apart).
+    count; else "splash" (no attention matrix in memory either, any dtype and mask) for at least
+    splash_attention_min_tokens tokens; else "looped" for at least looped_attention_min_tokens tokens; XLA
+    otherwise. "looped" and "splash" compute the same function as XLA's (float32 rounding apart).
     """
-    if self.attention_impl in ("xla", "cudnn", "looped"):
+    if self.attention_impl in ("xla", "cudnn", "looped", "splash"):
       return self.attention_impl
     supported = (jnp.dtype(dtype) in _CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= _CUDNN_MAX_HEAD_DIM
                  and not (masked and tokens % 2))
     if supported and self.cudnn_attention:
       return "cudnn"
+    if self.splash_attention_min_tokens is not None and tokens >= self.splash_attention_min_tokens:
+      return "splash"
     looped = self.looped_attention_min_tokens is not None and tokens >= self.looped_attention_min_tokens
     return "looped" if looped else "xla"
 
@@ -227,6 +236,8 @@ class Attention(nn.Module):
     implementation = self.kernels.attention(q.dtype, head_dim, n, mask is not None)
     if implementation == "looped":
       out = looped_attention(q, k, v, is_causal=is_causal, mask=mask)
+    elif implementation == "splash":
+      out = splash_attention(q, k, v, is_causal=is_causal, mask=mask, interpret=self.kernels.pallas_interpret)
     else:
       out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, mask=mask, implementation=implementation)
     return dense(d, self.dtype, self.kernels, "proj")(einops.rearrange(out, "s n h d -> s n (h d)"))

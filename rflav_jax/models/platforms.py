@@ -15,6 +15,11 @@ CPU_LOOPED_MIN_TOKENS = 256
 # a GEMM whose operands stay in cache runs faster. Measured on 2 cores of an AMD EPYC, float32: a 20480x768x3072
 # GEMM at 142 GFLOP/s whole and 198 in 2048-row pieces; FLAV-B/1's MLP (fc1, GELU, fc2) at 156 and 198.
 CPU_CHUNK_TOKENS = 2048
+# On TPUs, sequences of at least this many tokens run Pallas splash attention, which keeps no (tokens, tokens)
+# logits in memory: FLAV-B/1's spatial attention (1024 tokens a frame) and the joint attention of block "a".
+# Shorter sequences (10-token temporal, 100-token audio attention) keep XLA's: their logits are small, and the
+# kernel would pad them to whole 128-token blocks.
+TPU_SPLASH_MIN_TOKENS = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,11 +45,13 @@ def kernel_args(platform: Platform) -> dict:
   """FLAV's kernel attributes for `platform`, all but the requested attention_impl.
 
   CPUs: the transposed-weight-gradient matmul, looped attention from CPU_LOOPED_MIN_TOKENS tokens, chunks of
-  CPU_CHUNK_TOKENS tokens. Other platforms: XLA's matmul and attention, no chunking, and cuDNN flash attention
-  where the platform has it.
+  CPU_CHUNK_TOKENS tokens. Other platforms: XLA's matmul and attention, no chunking, cuDNN flash attention where
+  the platform has it, and on TPUs Pallas splash attention from TPU_SPLASH_MIN_TOKENS tokens. Pallas kernels are
+  compiled (not interpreted) everywhere.
   """
-  cpu = platform.name == "cpu"
+  cpu, tpu = platform.name == "cpu", platform.name == "tpu"
   return dict(cudnn_attention=platform.cudnn_attention,
               looped_attention_min_tokens=CPU_LOOPED_MIN_TOKENS if cpu else None,
+              splash_attention_min_tokens=TPU_SPLASH_MIN_TOKENS if tpu else None, pallas_interpret=False,
               linear_dot="transposed_weight_grad" if cpu else "xla",
               chunk_tokens=CPU_CHUNK_TOKENS if cpu else None)

@@ -4,9 +4,18 @@ The batch is split over both axes (every device trains on its own examples). Par
 state are replicated over "data" and, when mesh.fsdp > 1, split over "fsdp" along their largest axis that
 divides evenly (fully sharded data parallelism, for models whose state does not fit one device); XLA
 gathers them where they are used. The same code runs 1 CPU, 8 GPUs or a pod slice.
+
+The mesh follows the devices' physical interconnect (`jax.experimental.mesh_utils`): on a TPU slice each "fsdp"
+group, whose devices exchange weights at every layer, is a set of neighbours on the torus; over several slices
+(multi-slice, joined by the slower data-centre network, DCN) the "data" axis spans the slices, so that only the
+gradient all-reduce crosses the DCN, and each fsdp group stays within one slice.
 """
+import collections
+from typing import Sequence
+
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
@@ -23,11 +32,30 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
 
 
 def make_mesh(fsdp: int) -> Mesh:
-  """Mesh of all devices: (device_count / fsdp, fsdp) over ("data", "fsdp")."""
-  devices = jax.devices()
-  if fsdp < 1 or len(devices) % fsdp:
-    raise ValueError(f"config.train.fsdp={fsdp} must be a positive divisor of the {len(devices)} devices")
-  return Mesh(np.array(devices).reshape(len(devices) // fsdp, fsdp), BATCH_AXES)
+  """Mesh of all devices: (device_count / fsdp, fsdp) over ("data", "fsdp"), laid out by `device_grid`."""
+  return Mesh(device_grid(jax.devices(), fsdp), BATCH_AXES)
+
+
+def device_grid(devices: Sequence, fsdp: int) -> np.ndarray:
+  """`devices` as a (len(devices) / fsdp, fsdp) array on their interconnect (module docstring).
+
+  Devices are grouped into slices by their `slice_index` (TPUs; other devices form one slice). One slice:
+  `mesh_utils.create_device_mesh`. Several: `mesh_utils.create_hybrid_device_mesh` with the slices along "data".
+  """
+  slices = collections.Counter(getattr(device, "slice_index", 0) for device in devices)
+  per_slice = len(devices) // len(slices)
+  if set(slices.values()) != {per_slice}:
+    raise ValueError(f"the devices' slices hold different numbers of devices ({dict(slices)}); train on whole, "
+                     "equal slices")
+  if fsdp < 1 or per_slice % fsdp:
+    where = f"the {per_slice} devices of each of the {len(slices)} slices" if len(slices) > 1 else \
+        f"the {len(devices)} devices"
+    raise ValueError(f"config.train.fsdp={fsdp} must be a positive divisor of {where}")
+  # allow_split_physical_axes: an fsdp group may take part of a torus axis (e.g. 2 of a 4-chip ring).
+  if len(slices) == 1:
+    return mesh_utils.create_device_mesh((len(devices) // fsdp, fsdp), devices, allow_split_physical_axes=True)
+  return mesh_utils.create_hybrid_device_mesh((per_slice // fsdp, fsdp), (len(slices), 1), devices,
+                                              allow_split_physical_axes=True)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

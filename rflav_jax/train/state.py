@@ -1,7 +1,10 @@
 """TrainState: everything a run needs to continue exactly, and the exponential moving average of the weights.
 
-The EMA decay follows config.ema: fixed (`warmup=False`: decay), or warmed up as in the released recipe,
-decay_n = min(decay, 1 - (1 + n) ** -power) after n updates (power 3/4), so early weights fade quickly.
+The EMA decay of the n-th update (n = 1, 2, ...) follows config.ema.schedule, capped at config.ema.decay:
+  "diffusers"  the official recipe's, diffusers' `EMAModel` without `use_ema_warmup`: 0 at n = 1 (the EMA starts
+               as the weights after the first update), then (1 + s) / (10 + s) with s = n - 1;
+  "power"      1 - (1 + n) ** -power (power 3/4: 0.999 after about 10k updates), an option of this code base;
+  "constant"   decay from the first update on.
 """
 from typing import Any, Callable
 
@@ -28,13 +31,26 @@ def create_train_state(params, optimizer: optax.GradientTransformation, rng: jax
                     opt_state=optimizer.init(params), rng=rng)
 
 
+EMA_SCHEDULES = ("diffusers", "power", "constant")
+
+
 def ema_decay_fn(ema_config) -> Callable[[jax.Array], jax.Array]:
-  """updates done (after this one) -> decay used for it."""
-  if not 0.0 <= ema_config.decay < 1.0:
-    raise ValueError(f"config.ema.decay={ema_config.decay}: expected a value in [0, 1)")
-  if not ema_config.warmup:
-    return lambda count: jnp.float32(ema_config.decay)
-  return lambda count: jnp.minimum(ema_config.decay, 1.0 - (1.0 + count.astype(jnp.float32)) ** -ema_config.power)
+  """updates done n, int (after this one, so >= 1) -> float32 decay used for it (module docstring)."""
+  schedule, cap = ema_config.schedule, ema_config.decay
+  if schedule not in EMA_SCHEDULES:
+    raise ValueError(f"config.ema.schedule={schedule!r}: expected one of {EMA_SCHEDULES}")
+  if not 0.0 <= cap < 1.0:
+    raise ValueError(f"config.ema.decay={cap}: expected a value in [0, 1)")
+  if schedule == "constant":
+    return lambda count: jnp.float32(cap)
+  if schedule == "power":
+    return lambda count: jnp.minimum(cap, 1.0 - (1.0 + count.astype(jnp.float32)) ** -ema_config.power)
+
+  def diffusers(count):
+    s = count.astype(jnp.float32) - 1.0
+    return jnp.where(s <= 0, 0.0, jnp.minimum(cap, (1.0 + s) / (10.0 + s))).astype(jnp.float32)
+
+  return diffusers
 
 
 def ema_update(ema_params, params, decay: jax.Array):

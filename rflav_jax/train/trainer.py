@@ -181,7 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       host_batch = next(batches)
       if step == first_step:
         train_input.check_batch(host_batch, model, config)
-      state, metrics = step_fn(state, parallel.global_batch(host_batch, mesh))
+      with jax.set_mesh(mesh):  # kernels XLA cannot split itself (splash attention) run on each device's share
+        state, metrics = step_fn(state, parallel.global_batch(host_batch, mesh))
       step += 1
       pending_steps.append(step)
       pending_metrics.append(metrics)
