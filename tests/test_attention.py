@@ -6,9 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import rel_l2
+from helpers import random_params, rel_l2, tiny_inputs
 from rflav_jax.models import flav, layers
-from test_flav import random_params, tiny_inputs
 
 
 def qkv(seed, shape=(3, 40, 2, 16), dtype=jnp.float32):

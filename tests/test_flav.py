@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SHARED, load_fixture, rel_l2
+from helpers import data_file, load_fixture, random_params, rel_l2, tiny_inputs
 from rflav_jax.convert.flav import abstract_params, flav_from_official
 from rflav_jax.convert.param_mapping import ConversionError
 from rflav_jax.models.flav import FLAV, PRESETS, flav_from_preset
@@ -50,7 +50,7 @@ def test_classifier_free_guidance_matches_official():
 def b1_state_dict(num_classes):
   """Random arrays with every name and shape of the released FLAV-B/1 checkpoint."""
   entries = {}
-  for line in (SHARED / "reference" / "flav_b1_state_dict.txt").read_text().splitlines():
+  for line in data_file("flav_b1_state_dict.txt").read_text().splitlines():
     if not line or line.startswith("#"):
       continue
     name, shape = line.split("\t")
@@ -130,24 +130,6 @@ def test_bad_input_shapes_are_explained():
 
 TINY = dict(latent_size=4, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=4, num_classes=2,
             predict_frames=4, n_mels=8)
-
-
-def random_params(model, key):
-  """Initialises `model`, then replaces every parameter by N(0, 0.2) so zero-initialised gates do not hide paths."""
-  v, a, t, y = tiny_inputs(model, jax.random.key(1))
-  params = model.init(key, v, a, t, y)["params"]
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(treedef, [0.2 * np.asarray(jax.random.normal(k, x.shape)) for k, x in zip(keys, leaves)])
-
-
-def tiny_inputs(model, key):
-  k1, k2, k3 = jax.random.split(key, 3)
-  b, size = 2, model.latent_size
-  v = jax.random.normal(k1, (b, model.predict_frames, size, size, model.in_channels))
-  a = jax.random.normal(k2, (b, model.predict_frames, model.audio_columns, model.n_mels))
-  t = jax.random.uniform(k3, (b, model.predict_frames))
-  return v, a, t, jnp.array([0, 1])
 
 
 @pytest.mark.parametrize("block_type", ["a", "b", "c"])

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_fixture, rel_l2
+from helpers import load_fixture, rel_l2
 from rflav_jax.codecs.hifigan import (HifiGanConfig, HifiGanGenerator, receptive_radius_frames,
                                       vocode_chunked, vocode_stream)
 from rflav_jax.convert.hifigan import hifigan_from_folder, hifigan_from_official

@@ -4,8 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_fixture, rel_l2
-from flow_testing import audio_layout, fixture_model, video_layout
+from helpers import audio_layout, fixture_model, load_fixture, rel_l2, video_layout
 from rflav_jax.flow import loss as flow_loss
 
 

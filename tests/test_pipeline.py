@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import load_fixture
+from helpers import load_fixture
 from rflav_jax.codecs.sdvae import LATENT_SCALE, SdVaeCodec
 from rflav_jax.convert.sdvae import sdvae_from_diffusers
 from rflav_jax.data import pipeline, synthetic, synthetic_tfds

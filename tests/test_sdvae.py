@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import load_fixture, rel_l2
+from helpers import load_fixture, rel_l2
 from rflav_jax.codecs.pixel import VideoCodec
 from rflav_jax.codecs.sdvae import (LATENT_SCALE, AutoencoderKL, SdVaeCodec, VaeConfig, from_model_latents,
                                     map_in_chunks, sample_latent, to_model_latents)

@@ -20,7 +20,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from configs import train_synthetic_tiny
-from conftest import rel_l2
+from helpers import rel_l2
 from rflav_jax.convert import release
 from rflav_jax.train import checkpointing, trainer
 from rflav_jax.train.state import ema_decay_fn
