@@ -1,6 +1,7 @@
 """The CPU paths compute the same function: looped attention (one sequence and head at a time) is XLA's
 attention, token-wise work in chunks (`layers.in_chunks`) is the whole computation, and Linear layers whose weight
 gradient multiplies a transposed input (`layers.cpu_linear_dot`) have XLA's values and gradients."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,7 +84,7 @@ def test_flav_in_chunks_has_the_same_parameters_outputs_and_gradients(monkeypatc
   assert layers.cpu_chunks(8, 16) == 8 and layers.cpu_chunks(32, 4) == 16
   chunked = run()
   assert jax.tree.structure(chunked[0]) == jax.tree.structure(whole[0])
-  jax.tree.map(np.testing.assert_array_equal, chunked[0], whole[0])
+  chex.assert_trees_all_equal(chunked[0], whole[0])
   for out_chunked, out_whole in zip(chunked[1], whole[1]):
     assert rel_l2(out_chunked, out_whole) < 1e-5  # float32 rounding; a wrong cut would be O(1)
   jax.tree.map(lambda g1, g2: np.testing.assert_array_less(rel_l2(g1, g2), 1e-4), chunked[2], whole[2])
@@ -146,4 +147,4 @@ def test_cpu_linear_dot_gradients_inside_shard_map_and_on_a_sharded_mesh_are_xla
                                                    out_specs=(jax.P("streams"), jax.P())))
   want = jax.jit(gradients(jax.lax.dot_general))(x, w)
   for got in (in_shard_map(layers.cpu_linear_dot)(x, w), jax.jit(gradients(layers.cpu_linear_dot))(x, w)):
-    jax.tree.map(lambda g1, g2: np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6), got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,7 @@
 """FLAV network: parity with the official code, the B/1 layout, causality, block variants, options."""
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,7 +83,7 @@ def test_b1_checkpoint_layout_and_parameter_count(num_classes, count):
   np.testing.assert_array_equal(params["v_embedder"]["kernel"], state_dict["v_embedder.proj.weight"][:, :, 0, 0].T)
   assert PRESETS["FLAV-B/1"] == dict(depth=12, hidden_size=768, num_heads=12, patch_size=1)
   preset = flav_from_preset("FLAV-B/1", num_classes=num_classes, causal_attn=True)
-  assert jax.tree.map(lambda x: x.shape, abstract_params(preset)) == jax.tree.map(lambda x: x.shape, params)
+  chex.assert_trees_all_equal_shapes(abstract_params(preset), params)
 
 
 def small_official_state_dict(num_classes=3):
@@ -163,7 +164,7 @@ def test_blocks_a_and_b_are_finite_trainable_and_differ_from_c():
     loss = lambda p: sum(jnp.mean(o ** 2) for o in model.apply({"params": p}, v, a, t, y))
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
     assert np.isfinite(value)
-    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    chex.assert_tree_all_finite(grads)
     assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(grads)), block_type
     outputs[block_type] = (params, model.apply({"params": params}, v, a, t, y))
   # (b) and (c) share parameter names: same weights, different outputs (c adds the conditioning to the averages).

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -69,10 +70,6 @@ def assert_states_close(a, b, tolerance):
     assert rel_l2(flat(a[name]), flat(b[name])) <= tolerance, name
 
 
-def assert_states_equal(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a, b)
-
-
 def test_one_step_updates_params_and_writes_metrics(tmp_path):
   config = micro_config(num_steps=1, log_every=1)
   state = trainer.train_and_evaluate(config, tmp_path)
@@ -85,7 +82,7 @@ def test_one_step_updates_params_and_writes_metrics(tmp_path):
   model, exported = release.load_flav(tmp_path / "export")
   assert model.hidden_size == 32 and config.train.export_dtype == "float16"  # stored in half, loaded as float32
   as_stored = jax.tree.map(lambda x: x.astype(np.float16).astype(np.float32), initial["ema_params"])
-  assert_states_equal(jax.tree.map(np.asarray, exported), as_stored)
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, exported), as_stored)
   events = EventAccumulator(str(tmp_path / "tensorboard"))  # read back with TensorBoard's own reader
   events.Reload()
   assert {"loss", "grad_norm", "lr", "samples_per_s"} <= set(events.Tags()["scalars"])
@@ -155,9 +152,9 @@ def test_kill_9_at_a_random_moment_then_resume_gives_the_same_weights(tmp_path):
   run.send_signal(signal.SIGKILL)
   run.wait()
   check_ok(launch(tmp_path / "killed", *common))
-  assert_states_equal(saved_state(tmp_path / "killed"), saved_state(tmp_path / "straight"))
+  chex.assert_trees_all_equal(saved_state(tmp_path / "killed"), saved_state(tmp_path / "straight"))
   straight, resumed = (release.load_flav(tmp_path / name / "export")[1] for name in ("straight", "killed"))
-  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+  chex.assert_trees_all_equal(straight, resumed)
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
@@ -193,14 +190,14 @@ def test_export_of_any_kept_step_holds_that_steps_weights(tmp_path):
   assert "wrote step 10" in exported.stdout
   # The newest step, stored as the run's export_dtype: the folder training wrote itself, bit for bit.
   newest, trained = (release.load_flav(tmp_path / name)[1] for name in ("export_step_10", "export"))
-  jax.tree.map(np.testing.assert_array_equal, newest, trained)
+  chex.assert_trees_all_equal(newest, trained)
 
   # An earlier step in float32: exactly the EMA (or raw) weights its checkpoint holds, not the newest ones.
   stored = saved_state(tmp_path, 5)
   for weights, name in (("ema", "ema_params"), ("params", "params")):
     folder, step = checkpointing.export_step(tmp_path, 5, tmp_path / weights, weights, storage_dtype="float32")
     assert step == 5
-    jax.tree.map(np.testing.assert_array_equal, release.load_flav(folder)[1], stored[name])
+    chex.assert_trees_all_equal(release.load_flav(folder)[1], stored[name])
   later = saved_state(tmp_path, 10)["ema_params"]
   assert not np.array_equal(stored["ema_params"]["v_embedder"]["kernel"], later["v_embedder"]["kernel"])
 
@@ -220,7 +217,7 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
   assert int(state.step) == 4
   records = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
   assert records[-1]["skipped"] >= 1
-  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(jax.tree.map(np.asarray, state.params)))
+  chex.assert_tree_all_finite(state.params)
 
 
 def test_bad_setups_are_refused_before_compiling(tmp_path):
