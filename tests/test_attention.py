@@ -65,6 +65,7 @@ def test_cpu_chunks_cut_whole_sequences_into_equal_chunks_of_at_most_the_limit()
     assert sequences // chunks * tokens <= layers.CPU_CHUNK_TOKENS or sequences // chunks == 1
 
 
+@pytest.mark.slow
 def test_flav_in_chunks_has_the_same_parameters_outputs_and_gradients(monkeypatch):
   model = flav.FLAV(latent_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2,
                     num_classes=2, predict_frames=4, n_mels=16, causal_attn=True)
@@ -109,6 +110,7 @@ def test_cpu_linear_dot_has_xla_values_and_gradients(dtype, tolerance):
   np.testing.assert_array_equal(layers.cpu_linear_dot(x, y, other), jax.lax.dot_general(x, y, other))
 
 
+@pytest.mark.slow
 def test_flav_with_transposed_weight_gradients_has_the_same_gradients_and_no_first_axis_contraction(monkeypatch):
   """The CPU's Linear layers give XLA's gradients, and no GEMM of the compiled gradient contracts over its left
   operand's first axis (the form XLA:CPU runs through Eigen instead of YNNPACK)."""

@@ -143,6 +143,7 @@ def test_bad_layout_and_settings_are_rejected(tmp_path):
     avfolder.avfolder_config(tmp_path, clip_frames=0)
 
 
+@pytest.mark.slow
 def test_prepare_data_command_builds_and_prints_the_report(tmp_path):
   """The command line builds a dataset whose test split has only a bad file: that split is left out."""
   (tmp_path / "src/train").mkdir(parents=True)

@@ -25,6 +25,7 @@ def test_flav_b1_window_costs_the_published_flops():
   assert flops.train_step_flops(model.clone(remat=True), 8) == 8 * 4 * flops.forward_flops(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_type, num_classes", [("c", 0), ("a", 0), ("b", 3)])
 def test_analytic_flops_agree_with_xla_cost_analysis(block_type, num_classes):
   # XLA's CPU cost analysis counts every operation; the analytic count leaves out the elementwise work. XLA's
@@ -68,6 +69,7 @@ def test_comparison_sets_figures_beside_the_reference():
   assert table.splitlines()[4].split() == ["train_remat", "peak_gb", "6", "12", "0.50x"]
 
 
+@pytest.mark.slow
 def test_training_in_micro_batches_needs_less_memory():
   # The same update as 4 accumulated micro-batches keeps one micro-batch's activations: XLA's static need falls.
   # A narrow model on many tokens, so that the activations outweigh the state (0.32x measured on 2026-11-30).
@@ -110,6 +112,7 @@ def _benchmark(*flags):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_command_reports_flops_mfu_compile_times_and_memory(tmp_path):
   cache = tmp_path / "xla_cache"
   stdout = _benchmark(f"--output={tmp_path / 'bench.json'}", f"--config.compilation_cache_dir={cache}",

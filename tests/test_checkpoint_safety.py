@@ -115,6 +115,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_fuzzed_files_load_exactly_or_raise_checkpoint_format_error(tmp_path):
   rng = np.random.default_rng(0)
   mutants, expected = tmp_path / "mutants", {}  # file name -> digest, "error" or "truncated"
@@ -361,6 +362,7 @@ def _launch(*args):
                         timeout=300)
 
 
+@pytest.mark.slow
 def test_launcher_prints_one_error_line_with_the_fix(tmp_path):
   folders = codec_releases(tmp_path)
   result = _launch("--kind=flav", f"--checkpoint_dir={folders['vocoder']}", f"--output_dir={tmp_path / 'out'}")

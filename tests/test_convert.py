@@ -63,12 +63,14 @@ def test_pickles_that_would_run_code_are_refused(tmp_path):
     read_checkpoint(tmp_path / "legacy.pt")
 
 
+@pytest.mark.slow
 def test_convert_launcher_documents_every_flag():
   result = subprocess.run([sys.executable, "-m", "launch.convert", "--help"], capture_output=True, text=True)
   for flag in ("--kind", "--checkpoint_dir", "--output_dir", "--weights", "--[no]use_ema"):
     assert flag in result.stdout
 
 
+@pytest.mark.slow
 def test_codec_releases_convert_and_load(tmp_path):
   from rflav_jax.convert.release import load_sdvae, load_vocoder  # pylint: disable=g-import-not-at-top
   vae = load_fixture("sdvae_small.npz")

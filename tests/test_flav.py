@@ -71,6 +71,7 @@ B1_ARGS = dict(latent_size=32, patch_size=1, in_channels=4, hidden_size=768, dep
                predict_frames=10, n_mels=256, causal_attn=True, grad_ckpt=True, audio_fr=16000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_classes,count", [(0, 324_013_316), (10, 324_030_212)])
 def test_b1_checkpoint_layout_and_parameter_count(num_classes, count):
   state_dict = b1_state_dict(num_classes)
@@ -133,6 +134,7 @@ TINY = dict(latent_size=4, patch_size=2, in_channels=3, hidden_size=32, depth=2,
             predict_frames=4, n_mels=8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_type", ["a", "b", "c"])
 def test_causal_attention_hides_future_frames(block_type):
   model = FLAV(**TINY, causal_attn=True, block_type=block_type)
@@ -155,6 +157,7 @@ def test_causal_attention_hides_future_frames(block_type):
   assert np.abs(out1[0][:, :k + 1] - out2[0][:, :k + 1]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_blocks_a_and_b_are_finite_trainable_and_differ_from_c():
   v, a, t, y = tiny_inputs(FLAV(**TINY), jax.random.key(3))
   outputs = {}
@@ -174,6 +177,7 @@ def test_blocks_a_and_b_are_finite_trainable_and_differ_from_c():
   assert np.abs(outputs["a"][1][0] - outputs["c"][1][0]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_fresh_model_follows_official_initialisation():
   model = FLAV(**TINY)
   v, a, t, y = tiny_inputs(model, jax.random.key(0))
@@ -188,6 +192,7 @@ def test_fresh_model_follows_official_initialisation():
   assert 0.01 < params["video_y_embedder"]["embedding"].std() < 0.03
 
 
+@pytest.mark.slow
 def test_remat_and_bfloat16_options():
   model = FLAV(**TINY, causal_attn=True)
   params = random_params(model, jax.random.key(0))
@@ -208,6 +213,7 @@ def test_remat_and_bfloat16_options():
     FLAV(**TINY, remat=True, remat_policy="everything").init(jax.random.key(0), v, a, t, y)
 
 
+@pytest.mark.slow
 def test_label_dropout_uses_the_null_label_only_in_training():
   model = FLAV(**TINY, class_dropout_prob=0.5)
   params = random_params(model, jax.random.key(0))

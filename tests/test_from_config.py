@@ -15,6 +15,7 @@ TINY = dict(latent_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1,
             predict_frames=4, n_mels=16)
 
 
+@pytest.mark.slow
 def test_dummy_inputs_fit_the_model():
   model = FLAV(**TINY)
   v, a, t, y = dummy_inputs(model, batch=2)
@@ -26,6 +27,7 @@ def test_dummy_inputs_fit_the_model():
   chex.assert_trees_all_equal(params, init_params(model, jax.random.key(1)))  # an int seed and its key: same weights
 
 
+@pytest.mark.slow
 def test_converted_folder_round_trip_and_runtime_overrides(tmp_path):
   config = ml_collections.ConfigDict(TINY)
   model, params = build_flav(config, seed=3)
@@ -76,6 +78,7 @@ def test_bad_folders_are_named_before_loading(tmp_path):
     build_vocoder(vocoder, 1.0, 16)
 
 
+@pytest.mark.slow
 def test_sdvae_codec_from_a_converted_folder(tmp_path):
   folder = standins.write_sdvae(tmp_path / "vae", {"block_out_channels": [8, 8], "norm_num_groups": 4,
                                                     "latent_channels": 3})

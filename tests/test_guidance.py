@@ -19,6 +19,7 @@ def test_classifier_free_guidance_matches_official():
   assert rel_l2(vel_a, audio_layout(data["out/cfg3_a"])) <= 1e-5
 
 
+@pytest.mark.slow
 def test_guidance_scale_one_generates_like_the_conditional_model():
   model, params = fixture_model(load_fixture("flav_small_cond_causal.npz"))
   init_v, init_a = noise_window(0, model, batch=2)
@@ -76,6 +77,7 @@ def _conditional_case(given_modality, num_frames=4, seed=0, model_and_params=Non
   return model, params, init, given, given_noise, fresh
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given_modality", ["audio", "video"])
 def test_conditional_generation_without_guidance_replaces_the_given_window(given_modality):
   model, params, init, given, given_noise, fresh = _conditional_case(given_modality)
@@ -88,6 +90,7 @@ def test_conditional_generation_without_guidance_replaces_the_given_window(given
   assert rel_l2(frames, expected) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given_modality", ["audio", "video"])
 def test_guidance_gradient_agrees_with_finite_differences(given_modality):
   # The tiny model couples the modalities strongly enough for float32 finite differences.
@@ -129,6 +132,7 @@ def test_guidance_gradient_agrees_with_finite_differences(given_modality):
   assert max(errors) <= 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given_modality", ["audio", "video"])
 def test_guided_generation_from_a_key(given_modality):
   """End to end with guidance and every draw from a key: a short given clip is padded past its end."""
@@ -147,6 +151,7 @@ def test_guided_generation_from_a_key(given_modality):
   np.testing.assert_array_equal(run(2.0, 0.5), stochastic)  # from the key too
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given_modality", ["audio", "video"])
 def test_stochastic_conditional_steps_reach_the_data(given_modality):
   """For a point mass (exact velocity, no guidance gradient) the generated frames are the data itself."""

@@ -107,6 +107,7 @@ def test_receptive_radius_bounds_the_reach_of_one_frame(resblock):
   assert changed.min() < (40 - radius + 3) * hop  # the bound is not loose by more than a few frames
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resblock", ["1", "2"])
 def test_streamed_vocoding_equals_whole(resblock):
   model, params = random_generator(resblock)

@@ -51,6 +51,7 @@ def test_loss_equals_its_definition(weighting):
   np.testing.assert_allclose(float(loss), expected_v + expected_a, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_key_based_loss_draws_the_documented_distributions():
   batch, window = 4000, 4
   v, a = jnp.zeros((batch, window, 1, 1, 1)), jnp.zeros((batch, window, 10, 1))

@@ -79,6 +79,7 @@ def test_griffin_lim_stream_writes_every_frame_with_progress_and_bounded_preview
   assert min(seconds.values()) >= 0 and abs(sum(seconds.values()) - total) < 0.2
 
 
+@pytest.mark.slow
 def test_hifigan_stream_keeps_audio_and_video_aligned(tmp_path):
   folder = standins.write_vocoder(tmp_path / "vocoder", {**standins.HIFIGAN_V1_256_MELS, "num_mels": 16,
                                                          "upsample_initial_channel": 16, "resblock_kernel_sizes": [3],
@@ -91,6 +92,7 @@ def test_hifigan_stream_keeps_audio_and_video_aligned(tmp_path):
     check_mp4(path, 7)
 
 
+@pytest.mark.slow
 def test_labels_and_guidance_reach_the_network(tmp_path):
   config = tiny_config()
   config.sample.num_frames = 4
@@ -105,6 +107,7 @@ def test_labels_and_guidance_reach_the_network(tmp_path):
   assert video_difference(tmp_path / "label0/stream_0.mp4", tmp_path / "plain_euler/stream_0.mp4") > 1
 
 
+@pytest.mark.slow
 def test_sdvae_codec_decodes_the_latents(tmp_path):
   config = tiny_config(latent_size=8, in_channels=4)
   config.codec.update(kind="sdvae", checkpoint=str(standins.write_sdvae(
@@ -114,6 +117,7 @@ def test_sdvae_codec_decodes_the_latents(tmp_path):
   assert read_video(path).shape == (3, 16, 16, 3)  # 8x8 latents decoded to 16x16 frames
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given", ["audio", "video"])
 def test_conditional_generation_keeps_the_given_modality_and_follows_it(tmp_path, given):
   config = tiny_config()
@@ -135,6 +139,7 @@ def test_conditional_generation_keeps_the_given_modality_and_follows_it(tmp_path
     assert np.abs(one.audio - other.audio).mean() > 0.01 * np.abs(one.audio).mean()  # the audio follows the video
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_refused_before_any_compute(tmp_path, monkeypatch):
   def no_compute(*args, **kwargs):
     raise AssertionError("the model was built before the inputs were checked")
@@ -210,6 +215,7 @@ def test_aligner_hands_out_whole_frames_with_their_audio():
   assert aligner.pop()[0].shape[1] == 0  # 10 samples wait for the next frame
 
 
+@pytest.mark.slow
 def test_readme_demo_command_runs_with_one_stream_on_two_devices(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   result = subprocess.run([sys.executable, "-m", "launch.sample", "--config=configs/synthetic_tiny.py",

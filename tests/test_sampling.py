@@ -42,6 +42,7 @@ def test_generate_reproduces_official_rolling_stream():
   np.testing.assert_allclose(t_rf, data["calls_t_rf"], rtol=1e-6, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stochasticity", [0.0, 0.7])
 def test_stream_in_chunks_equals_one_call_and_compiles_once(stochasticity):
   model, params = tiny_flav()
@@ -80,6 +81,7 @@ def _resident_bytes() -> int:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory is read from /proc (Linux)")
 def test_long_stream_keeps_host_memory_flat():
   model, params = tiny_flav()
@@ -126,6 +128,7 @@ _DEVICES_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_frames_of_one():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))

@@ -179,6 +179,7 @@ def random_params(shapes, seed=0):
   return jax.tree_util.tree_map_with_path(init, shapes)
 
 
+@pytest.mark.slow
 def test_real_size_round_trip():
   config = VaeConfig.from_diffusers({
       "_class_name": "AutoencoderKL", "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,

@@ -56,6 +56,7 @@ def test_shipped_folder_is_small_and_loads_by_default(shipped):
   assert (model.num_classes, model.latent_size) == (len(synthetic.CLASS_NAMES), 32)
 
 
+@pytest.mark.slow
 def test_joint_streams_show_a_moving_ball_whose_height_sets_the_pitch(shipped, untrained):
   trained = joint_figures(shipped, label=0, streams=4)
   (baseline,) = joint_figures(untrained, label=0)
@@ -68,6 +69,7 @@ def test_joint_streams_show_a_moving_ball_whose_height_sets_the_pitch(shipped, u
   assert min(f["height_pitch_r"] for f in trained) > 0.95 and not baseline["height_pitch_r"] > 0.3  # (NaN: no ball)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", range(len(synthetic.CLASS_NAMES)))
 def test_the_label_sets_the_colour_and_the_timbre(shipped, label):
   (figures,) = joint_figures(shipped, label=label, seed=label)
@@ -85,6 +87,7 @@ def conditioned_figures(mode):
   return trained, baseline
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, figure, trained_above, untrained_below", [
     ("audio_to_video", "height_pitch_r", 0.95, 0.3),  # the generated ball's height follows the given pitch
     ("audio_to_video", "click_recall", 0.8, 0.3),  # and it bounces where the given soundtrack clicks
@@ -96,6 +99,7 @@ def test_one_modality_follows_the_other(mode, figure, trained_above, untrained_b
   assert trained[figure] > trained_above and not baseline[figure] > untrained_below
 
 
+@pytest.mark.slow
 def test_rolling_on_from_a_real_window_keeps_its_ball_and_class():
   config = synthetic_tiny.get_config()
   trained = evaluate.evaluate(config, "continuation", seconds=2.0, segment_seconds=1.0, streams=2)
@@ -113,11 +117,13 @@ def test_continuation_needs_one_window_of_real_frames(untrained):
     generate.continuation(*untrained, clip.video, clip.mel[:10], 5)
 
 
+@pytest.mark.slow
 def test_classifier_free_guidance_keeps_the_class(shipped):
   (figures,) = joint_figures(shipped, label=2, guidance_scale=2.0)
   assert figures["video_label"] == 2 and figures["audio_label"] == 2 and figures["background"] < 0.05
 
 
+@pytest.mark.slow
 def test_first_command_writes_a_stream_whose_mp4_holds_the_ball_and_its_sound(tmp_path):
   result = subprocess.run([sys.executable, "-m", "launch.sample", "--config=configs/synthetic_tiny.py",
                            f"--output_dir={tmp_path}", f"--config.sample.num_frames={FRAMES}"],

@@ -3,6 +3,7 @@ converted folders that load through the same functions as converted releases."""
 import chex
 import jax
 import numpy as np
+import pytest
 
 from configs import flav_b1_aist
 from rflav_jax.codecs.audio import MelParams
@@ -24,6 +25,7 @@ def test_architectures_have_the_released_sizes():
   assert release.release_kind(standins.HIFIGAN_V1_256_MELS) == "vocoder"
 
 
+@pytest.mark.slow
 def test_folders_load_as_converted_releases(tmp_path):
   model_config = dict(latent_size=8, patch_size=4, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=3,
                       predict_frames=4, n_mels=16)

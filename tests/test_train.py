@@ -100,6 +100,7 @@ def test_ema_decay_warms_up_and_is_capped():
   assert float(ema_decay_fn(config.ema)(np.int32(1))) == pytest.approx(0.99)
 
 
+@pytest.mark.slow
 def test_loss_falls_clearly_within_a_few_hundred_steps(tmp_path):
   config = micro_config(num_steps=500, log_every=50, checkpoint_every=500)
   trainer.train_and_evaluate(config, tmp_path)
@@ -110,6 +111,7 @@ def test_loss_falls_clearly_within_a_few_hundred_steps(tmp_path):
   assert 0.8 < plateau < 1.1 and losses[-1] < 0.8 * plateau, losses
 
 
+@pytest.mark.slow
 def test_eight_devices_and_fsdp_match_one_device(tmp_path):
   common = ("train.num_steps=3", "train.checkpoint_every=3")
   check_ok(launch(tmp_path / "one", *common))
@@ -120,6 +122,7 @@ def test_eight_devices_and_fsdp_match_one_device(tmp_path):
   assert_states_close(saved_state(tmp_path / "fsdp"), one, 1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_like_one(tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -141,6 +144,7 @@ def wait_for_step(workdir: pathlib.Path, step: int, run: subprocess.Popen) -> No
     time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_kill_9_at_a_random_moment_then_resume_gives_the_same_weights(tmp_path):
   common = ("train.num_steps=30",)
   check_ok(launch(tmp_path / "straight", *common))
@@ -157,6 +161,7 @@ def test_kill_9_at_a_random_moment_then_resume_gives_the_same_weights(tmp_path):
   chex.assert_trees_all_equal(straight, resumed)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   run = launch(tmp_path, "train.num_steps=100000", "train.checkpoint_every=1000", wait=False)
   wait_for_step(tmp_path, 3, run)
@@ -168,6 +173,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   assert "run the same command again" in output
 
 
+@pytest.mark.slow
 def test_contradicting_config_is_refused_and_export_samples(tmp_path):
   check_ok(launch(tmp_path, "train.num_steps=2"))
   result = launch(tmp_path, "train.num_steps=4", "model.hidden_size=48", "model.depth=2")
@@ -182,6 +188,7 @@ def test_contradicting_config_is_refused_and_export_samples(tmp_path):
   assert (tmp_path / "out" / "stream_0.mp4").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_export_of_any_kept_step_holds_that_steps_weights(tmp_path):
   check_ok(launch(tmp_path, "train.num_steps=10"))  # micro saves every 5 steps: steps 5 and 10 are kept
   exported = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path}"], cwd=ROOT,
@@ -207,6 +214,7 @@ def test_export_of_any_kept_step_holds_that_steps_weights(tmp_path):
     checkpointing.export_step(tmp_path / "export")
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
   config = micro_config(num_steps=4, checkpoint_every=2, skip_nonfinite=False)
   config.optim.update(lr=1e30, warmup_steps=0, grad_clip=0.0)
@@ -220,6 +228,7 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
   chex.assert_tree_all_finite(state.params)
 
 
+@pytest.mark.slow
 def test_bad_setups_are_refused_before_compiling(tmp_path):
   config = micro_config(batch_size=6)
   config.train.accumulate_steps = 4
@@ -260,6 +269,7 @@ def test_accumulated_gradients_equal_the_full_batch_gradient():
   np.testing.assert_allclose(accumulated_grads, grads, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_donated_update_rewrites_its_state_in_place():
   # With COMPILER_OPTIONS (region-based copy insertion) XLA stops copying each leaf of the donated state it updates.
   import ml_collections
@@ -313,6 +323,7 @@ print(total / 1e9, per_device / 1e9)
   assert per_device_gb < total_gb / 7  # nearly all of it split 8 ways
 
 
+@pytest.mark.slow
 def test_sdvae_codec_trains_on_its_latents(tmp_path):
   from rflav_jax.convert import standins
   folder = standins.write_sdvae(tmp_path / "vae", {"block_out_channels": [8, 8], "norm_num_groups": 4,
