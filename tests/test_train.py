@@ -228,7 +228,6 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
   chex.assert_tree_all_finite(state.params)
 
 
-@pytest.mark.slow
 def test_bad_setups_are_refused_before_compiling(tmp_path):
   config = micro_config(batch_size=6)
   config.train.accumulate_steps = 4
