@@ -5,16 +5,16 @@ the whole computation, and Linear layers whose weight gradient multiplies a tran
 (`layers.transposed_weight_grad_dot`) have XLA's values and gradients."""
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import rel_l2
+from helpers import random_params, rel_l2, tiny_inputs
 from rflav_jax.models import flav, layers, platforms
 from rflav_jax.models.platforms import Platform, current_platform
 from rflav_jax.models.splash import splash_attention
-from test_flav import random_params, tiny_inputs
 
 CPU, GPU_WITH_CUDNN, TPU = Platform("cpu"), Platform("gpu", cudnn_attention=True), Platform("tpu")
 SMALL = dict(latent_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=2,
@@ -205,7 +205,7 @@ def test_flav_in_chunks_has_the_same_parameters_outputs_and_gradients():
   assert chunked_model.kernels.chunks(8, 16) == 8 and chunked_model.kernels.chunks(32, 4) == 16
   chunked = run(chunked_model)
   assert jax.tree.structure(chunked[0]) == jax.tree.structure(whole[0])
-  jax.tree.map(np.testing.assert_array_equal, chunked[0], whole[0])
+  chex.assert_trees_all_equal(chunked[0], whole[0])
   for out_chunked, out_whole in zip(chunked[1], whole[1]):
     assert rel_l2(out_chunked, out_whole) < 1e-5  # float32 rounding; a wrong cut would be O(1)
   jax.tree.map(lambda g1, g2: np.testing.assert_array_less(rel_l2(g1, g2), 1e-4), chunked[2], whole[2])
@@ -267,4 +267,4 @@ def test_transposed_weight_grad_dot_gradients_inside_shard_map_and_on_a_sharded_
   want = jax.jit(gradients(jax.lax.dot_general))(x, w)
   ours = layers.transposed_weight_grad_dot
   for got in (in_shard_map(ours)(x, w), jax.jit(gradients(ours))(x, w)):
-    jax.tree.map(lambda g1, g2: np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6), got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import load_fixture
+from helpers import load_fixture
 from rflav_jax.codecs import audio
 
 SR = 16000

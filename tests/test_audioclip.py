@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from audioclip_testing import FIXTURE, random_audioclip_state_dict
-from conftest import rel_l2
+from helpers import rel_l2
 from rflav_jax.eval import audioclip, audioclip_weights, fad_audio
 
 DATA = pathlib.Path(__file__).parent / "data" / FIXTURE

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from audioclip_testing import FIXTURE as AUDIOCLIP_FIXTURE, random_audioclip_state_dict
-from conftest import media_file
+from helpers import media_file
 from i3d_testing import FIXTURE as I3D_FIXTURE, random_i3d_state_dict
 from rflav_jax.eval import av_metrics, fad_audio, folder_clips, fvd_clips, i3d
 from rflav_jax.media import reader

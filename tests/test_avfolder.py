@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import media_file
+from helpers import media_file
 from rflav_jax.codecs.audio import frames_from_mel, mel_from_waveform
 from rflav_jax.data import avfolder, pipeline
 from rflav_jax.media.reader import read_clip
 from rflav_jax.media.writer import Mp4Writer
 
-GOOD_FILES = {  # path in the source folder -> file in shared/media (frames at 10 fps)
+GOOD_FILES = {  # path in the source folder -> file in tests/data/media (frames at 10 fps)
     "train/aist/aist_video0.mp4": "aist_video0.mp4",  # 16
     "train/aist/aist_video1_long.mp4": "aist_video1_long.mp4",  # 240
     "train/landscape/landscape_video0.mp4": "landscape_video0.mp4",  # 16
@@ -38,7 +38,7 @@ def write_video_without_audio(path: pathlib.Path, num_frames: int = 20) -> None:
 
 
 def make_source_folder(root: pathlib.Path) -> pathlib.Path:
-  """train/ and test/ with class folders: the shared mp4s (symlinked) plus three files that must be skipped."""
+  """train/ and test/ with class folders: the release mp4s (symlinked) plus three files that must be skipped."""
   for relative, name in GOOD_FILES.items():
     (root / relative).parent.mkdir(parents=True, exist_ok=True)
     (root / relative).symlink_to(media_file(name))
@@ -143,6 +143,7 @@ def test_bad_layout_and_settings_are_rejected(tmp_path):
     avfolder.avfolder_config(tmp_path, clip_frames=0)
 
 
+@pytest.mark.slow
 def test_prepare_data_command_builds_and_prints_the_report(tmp_path):
   """The command line builds a dataset whose test split has only a bad file: that split is left out."""
   (tmp_path / "src/train").mkdir(parents=True)

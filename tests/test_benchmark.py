@@ -25,6 +25,7 @@ def test_flav_b1_window_costs_the_published_flops():
   assert flops.train_step_flops(model.clone(remat=True), 8) == 8 * 4 * flops.forward_flops(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_type, num_classes", [("c", 0), ("a", 0), ("b", 3)])
 def test_analytic_flops_agree_with_xla_cost_analysis(block_type, num_classes):
   # XLA's CPU cost analysis counts every operation; the analytic count leaves out the elementwise work. XLA's

@@ -1,4 +1,5 @@
 """Configs -> (model, params), codecs and vocoders: fresh weights and model folders, config/checkpoint agreement."""
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,17 +17,19 @@ TINY = dict(latent_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1,
             predict_frames=4, n_mels=16)
 
 
+@pytest.mark.slow
 def test_dummy_inputs_fit_the_model():
   model = FLAV(**TINY)
   v, a, t, y = dummy_inputs(model, batch=2)
-  assert (v.shape, a.shape, t.shape, y.shape, y.dtype) == ((2, 4, 8, 8, 3), (2, 4, 10, 16), (2, 4), (2,), jnp.int32)
+  chex.assert_shape([v, a, t, y], [(2, 4, 8, 8, 3), (2, 4, 10, 16), (2, 4), (2,)])
+  chex.assert_type(y, jnp.int32)
   assert dummy_inputs(FLAV(**{**TINY, "num_classes": 0}))[3] is None
   params = init_params(model, 1)
-  assert model.apply({"params": params}, v, a, t, y)[0].shape == v.shape
-  same = jax.tree.map(np.array_equal, params, init_params(model, jax.random.key(1)))
-  assert all(jax.tree.leaves(same))  # an int seed and its key give the same weights
+  chex.assert_shape(model.apply({"params": params}, v, a, t, y)[0], v.shape)
+  chex.assert_trees_all_equal(params, init_params(model, jax.random.key(1)))  # an int seed and its key: same weights
 
 
+@pytest.mark.slow
 def test_converted_folder_round_trip_and_runtime_overrides(tmp_path):
   config = ml_collections.ConfigDict(TINY)
   model, params = build_flav(config, seed=3)
@@ -34,7 +37,7 @@ def test_converted_folder_round_trip_and_runtime_overrides(tmp_path):
   config.update(dtype="bfloat16", remat=True, class_dropout_prob=0.0)  # runtime settings may change
   restored, restored_params = build_flav(config, str(folder))
   assert (restored.dtype, restored.remat, restored.depth) == (jnp.bfloat16, True, 1)
-  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params, restored_params)))
+  chex.assert_trees_all_equal(params, restored_params)
   del config.hidden_size  # fields the config leaves out come from the checkpoint
   assert build_flav(config, str(folder))[0].hidden_size == 32
 
@@ -96,6 +99,7 @@ def test_bad_folders_are_named_before_loading(tmp_path):
     build_vocoder(vocoder, 1.0, 16)
 
 
+@pytest.mark.slow
 def test_sdvae_codec_from_a_converted_folder(tmp_path):
   folder = standins.write_sdvae(tmp_path / "vae", {"block_out_channels": [8, 8], "norm_num_groups": 4,
                                                     "latent_channels": 3})

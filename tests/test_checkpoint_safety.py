@@ -5,7 +5,6 @@ and compares every outcome with an independent truth: the unmutated file, an ele
 rewritten pickle, or the safetensors library.
 """
 import collections
-import hashlib
 import io
 import json
 import pathlib
@@ -21,10 +20,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from helpers import digest, fixture_release, load_fixture
 from rflav_jax import model_folder
 from rflav_jax.convert import convert_release, load_flav, load_sdvae, load_vocoder
 from rflav_jax.convert.checkpoint_io import CheckpointFormatError, read_checkpoint
-from test_convert import fixture_release
 
 torch = pytest.importorskip("torch", reason="torch (a test extra: requirements-test.txt) writes the .pt files")
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -101,23 +100,10 @@ def element_by_element(spec, storages=STORAGES):
                   storage.dtype).reshape(size)
 
 
-def flat(tree, prefix=""):
-  """{path: array or value} of nested dicts."""
-  if isinstance(tree, dict):
-    return {k2: v2 for k, v in tree.items() for k2, v2 in flat(v, f"{prefix}{k}/").items()}
-  return {prefix.rstrip("/"): tree}
-
-
-def digest(tree):
-  """What a loaded checkpoint holds, exactly: {path: [dtype, shape, sha256 of the bytes] or repr}."""
-  return {k: [v.dtype.str, list(v.shape), hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()]
-          if isinstance(v, np.ndarray) else repr(v) for k, v in flat(tree).items()}
-
-
 _LOADER = """
 import hashlib, json, pathlib, sys
 sys.path.insert(0, sys.argv[2])
-from test_checkpoint_safety import digest
+from helpers import digest
 from rflav_jax.convert.checkpoint_io import CheckpointFormatError, read_checkpoint
 results = {}
 for path in sorted(pathlib.Path(sys.argv[1]).iterdir()):
@@ -356,7 +342,6 @@ def test_converted_folders_move_and_old_or_damaged_ones_are_explained(tmp_path):
 
 def codec_releases(tmp_path):
   """Stand-ins of the vocoder and SD-VAE releases built from the fixtures: {kind: folder}."""
-  from conftest import load_fixture  # pylint: disable=g-import-not-at-top
   folders = {}
   for kind, name, prefix in (("vocoder", "hifigan_small.npz", "generator/"), ("sdvae", "sdvae_small.npz", "vae/")):
     d = load_fixture(name)
@@ -392,6 +377,7 @@ def _launch(*args):
                         timeout=300)
 
 
+@pytest.mark.slow
 def test_launcher_prints_one_error_line_with_the_fix(tmp_path):
   folders = codec_releases(tmp_path)
   result = _launch("--kind=flav", f"--checkpoint_dir={folders['vocoder']}", f"--output_dir={tmp_path / 'out'}")

@@ -8,27 +8,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import load_fixture, rel_l2
+from helpers import fixture_release, load_fixture, rel_l2
 from rflav_jax.convert import convert_release, load_flav, load_sdvae, load_vocoder
 from rflav_jax.convert.checkpoint_io import CheckpointFormatError, read_checkpoint
 
 torch = pytest.importorskip("torch", reason="torch (a test extra: requirements-test.txt) writes the .pt files")
-
-
-def fixture_release(tmp_path, fmt):
-  """A release folder with the small conditional fixture's weights in `fmt`; returns (folder, fixture)."""
-  d = load_fixture("flav_small_cond_causal.npz")
-  state_dict = {k[len("param/"):]: v for k, v in d.items() if k.startswith("param/")}
-  folder = tmp_path / f"release_{fmt}"
-  folder.mkdir()
-  config = json.loads(str(d["config_json"]))
-  (folder / "config.json").write_text(json.dumps({**config, "grad_ckpt": True, "audio_fr": 16000}))
-  if fmt == "safetensors":
-    save_file(state_dict, str(folder / "model.safetensors"))
-  else:  # a training checkpoint as DiT-style code saves it: {"model", "ema", "opt"}, DDP "module." prefixes
-    ema = {f"module.{k}": torch.from_numpy(v) for k, v in state_dict.items()}
-    torch.save({"model": {k: v * 0 for k, v in ema.items()}, "ema": ema, "args": {"lr": 1e-4}}, folder / "ckpt.pt")
-  return folder, d
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pt"])
@@ -85,12 +69,14 @@ def test_pickles_that_would_run_code_are_refused(tmp_path):
     read_checkpoint(tmp_path / "legacy.pt")
 
 
+@pytest.mark.slow
 def test_convert_launcher_documents_every_flag():
   result = subprocess.run([sys.executable, "-m", "launch.convert", "--help"], capture_output=True, text=True)
   for flag in ("--kind", "--checkpoint_dir", "--output_dir", "--weights", "--[no]use_ema"):
     assert flag in result.stdout
 
 
+@pytest.mark.slow
 def test_codec_releases_convert_and_load(tmp_path):
   vae = load_fixture("sdvae_small.npz")
   folder = tmp_path / "vae"

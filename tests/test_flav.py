@@ -1,12 +1,13 @@
 """FLAV network: parity with the official code, the B/1 layout, causality, block variants, options."""
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SHARED, load_fixture, rel_l2
+from helpers import data_file, load_fixture, random_params, rel_l2, tiny_inputs
 from rflav_jax.convert.flav import abstract_params, flav_from_official
 from rflav_jax.convert.param_mapping import ConversionError
 from rflav_jax.models.flav import FLAV, PRESETS, flav_from_preset
@@ -55,7 +56,7 @@ def test_classifier_free_guidance_matches_official():
 def b1_state_dict(num_classes):
   """Random arrays with every name and shape of the released FLAV-B/1 checkpoint."""
   entries = {}
-  for line in (SHARED / "reference" / "flav_b1_state_dict.txt").read_text().splitlines():
+  for line in data_file("flav_b1_state_dict.txt").read_text().splitlines():
     if not line or line.startswith("#"):
       continue
     name, shape = line.split("\t")
@@ -75,7 +76,8 @@ B1_ARGS = dict(latent_size=32, patch_size=1, in_channels=4, hidden_size=768, dep
                predict_frames=10, n_mels=256, causal_attn=True, grad_ckpt=True, audio_fr=16000)
 
 
-@pytest.mark.parametrize("num_classes,count", [(0, 324_013_316), pytest.param(10, 324_030_212, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("num_classes,count", [(0, 324_013_316), (10, 324_030_212)])
 def test_b1_checkpoint_layout_and_parameter_count(num_classes, count):
   state_dict = b1_state_dict(num_classes)
   model, params = flav_from_official(state_dict, num_classes=num_classes, **B1_ARGS)
@@ -87,7 +89,7 @@ def test_b1_checkpoint_layout_and_parameter_count(num_classes, count):
   np.testing.assert_array_equal(params["v_embedder"]["kernel"], state_dict["v_embedder.proj.weight"][:, :, 0, 0].T)
   assert PRESETS["FLAV-B/1"] == dict(depth=12, hidden_size=768, num_heads=12, patch_size=1)
   preset = flav_from_preset("FLAV-B/1", num_classes=num_classes, causal_attn=True)
-  assert jax.tree.map(lambda x: x.shape, abstract_params(preset)) == jax.tree.map(lambda x: x.shape, params)
+  chex.assert_trees_all_equal_shapes(abstract_params(preset), params)
 
 
 def small_official_state_dict(num_classes=3):
@@ -137,25 +139,8 @@ TINY = dict(latent_size=4, patch_size=2, in_channels=3, hidden_size=32, depth=2,
             predict_frames=4, n_mels=8)
 
 
-def random_params(model, key):
-  """Initialises `model`, then replaces every parameter by N(0, 0.2) so zero-initialised gates do not hide paths."""
-  v, a, t, y = tiny_inputs(model, jax.random.key(1))
-  params = model.init(key, v, a, t, y)["params"]
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(treedef, [0.2 * np.asarray(jax.random.normal(k, x.shape)) for k, x in zip(keys, leaves)])
-
-
-def tiny_inputs(model, key):
-  k1, k2, k3 = jax.random.split(key, 3)
-  b, size = 2, model.latent_size
-  v = jax.random.normal(k1, (b, model.predict_frames, size, size, model.in_channels))
-  a = jax.random.normal(k2, (b, model.predict_frames, model.audio_columns, model.n_mels))
-  t = jax.random.uniform(k3, (b, model.predict_frames))
-  return v, a, t, jnp.array([0, 1])
-
-
-@pytest.mark.parametrize("block_type", [pytest.param(b, marks=pytest.mark.slow) for b in "ab"] + ["c"])
+@pytest.mark.slow
+@pytest.mark.parametrize("block_type", ["a", "b", "c"])
 def test_causal_attention_hides_future_frames(block_type):
   model = FLAV(**TINY, causal_attn=True, block_type=block_type)
   params = random_params(model, jax.random.key(0))
@@ -187,7 +172,7 @@ def test_blocks_a_and_b_are_finite_trainable_and_differ_from_c():
     loss = lambda p: sum(jnp.mean(o ** 2) for o in model.apply({"params": p}, v, a, t, y))
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
     assert np.isfinite(value)
-    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    chex.assert_tree_all_finite(grads)
     assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(grads)), block_type
     outputs[block_type] = (params, model.apply({"params": params}, v, a, t, y))
   # (b) and (c) share parameter names: same weights, different outputs (c adds the conditioning to the averages).
@@ -197,6 +182,7 @@ def test_blocks_a_and_b_are_finite_trainable_and_differ_from_c():
   assert np.abs(outputs["a"][1][0] - outputs["c"][1][0]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_fresh_model_follows_official_initialisation():
   model = FLAV(**TINY)
   v, a, t, y = tiny_inputs(model, jax.random.key(0))
@@ -232,6 +218,7 @@ def test_remat_and_bfloat16_options():
     FLAV(**TINY, remat=True, remat_policy="everything").init(jax.random.key(0), v, a, t, y)
 
 
+@pytest.mark.slow
 def test_label_dropout_uses_the_null_label_only_in_training():
   model = FLAV(**TINY, class_dropout_prob=0.5, label_dropout="shared")
   params = random_params(model, jax.random.key(0))

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from rflav_jax.convert import load_flav
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -15,6 +17,7 @@ def run_script(*args, **env):
                         timeout=600, env={**os.environ, "PYTHON": sys.executable, "DRY": "1", **env})
 
 
+@pytest.mark.slow
 def test_tiny_part_packs_a_run_whose_export_loads(tmp_path):
   result = run_script("tiny", str(tmp_path / "out"), TINY_CANDIDATES="4:2")
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -37,6 +40,7 @@ def test_unknown_part_is_refused(tmp_path):
   assert result.returncode == 2 and "usage: bash tools/gpu_checks.sh bench OUT_DIR" in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_part_measures_training_in_micro_batches_and_profiles(tmp_path):
   result = run_script("bench", str(tmp_path / "out"), BENCH_E2E="0")
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

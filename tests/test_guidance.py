@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_fixture, rel_l2
-from flow_testing import audio_layout, fixture_model, noise_window, point_mass_velocity, tiny_flav, video_layout
+from helpers import (audio_layout, fixture_model, load_fixture, noise_window, point_mass_velocity, rel_l2, tiny_flav,
+                     video_layout)
 from rflav_jax.flow import guidance, sampling, steps
 
 

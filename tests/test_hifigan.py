@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_fixture, rel_l2
+from helpers import load_fixture, rel_l2
 from rflav_jax.codecs.hifigan import (HifiGanConfig, HifiGanGenerator, receptive_radius_frames,
                                       vocode_chunked, vocode_stream)
 from rflav_jax.convert.hifigan import hifigan_from_folder, hifigan_from_official
@@ -107,6 +107,7 @@ def test_receptive_radius_bounds_the_reach_of_one_frame(resblock):
   assert changed.min() < (40 - radius + 3) * hop  # the bound is not loose by more than a few frames
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resblock", ["1", "2"])
 def test_streamed_vocoding_equals_whole(resblock):
   model, params = random_generator(resblock)

@@ -40,6 +40,7 @@ def _faults_per_call(setting: str) -> tuple[bool, float]:
   return applied == "True", float(faults)
 
 
+@pytest.mark.slow
 @glibc_only
 def test_kept_memory_stops_xla_from_faulting_its_buffers_in_at_every_call():
   applied_off, faults_off = _faults_per_call("0")

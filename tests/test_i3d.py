@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import rel_l2
+from helpers import rel_l2
 from i3d_testing import FIXTURE, odd_clip, random_i3d_state_dict
 from rflav_jax.eval import fvd_clips, i3d, i3d_weights
 

@@ -4,8 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_fixture, rel_l2
-from flow_testing import audio_layout, fixture_model, video_layout
+from helpers import audio_layout, fixture_model, load_fixture, rel_l2, video_layout
 from rflav_jax.flow import loss as flow_loss
 
 
@@ -52,6 +51,7 @@ def test_loss_equals_its_definition(weighting):
   np.testing.assert_allclose(float(loss), expected_v + expected_a, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_key_based_loss_draws_the_documented_distributions():
   batch, window = 4000, 4
   v, a = jnp.zeros((batch, window, 1, 1, 1)), jnp.zeros((batch, window, 10, 1))

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import media_file
+from helpers import media_file, moving_gradient, write_video_only
 from rflav_jax.codecs.audio import frames_from_mel, mel_from_waveform
 from rflav_jax.media import (ClipTooShortError, MediaError, Mp4Writer, NoAudioTrackError,
                              UndecodableMediaError, letterbox, read_audio, read_clip, read_video, write_wav)
@@ -31,31 +31,9 @@ def quadrant_frames(num_frames, height, width):
   return np.broadcast_to(QUADRANTS[rows[:, None], cols[None, :]], (num_frames, height, width, 3)).copy()
 
 
-def moving_gradient(num_frames, height=48, width=64):
-  """Smooth frames that change over time, as generated video does."""
-  y, x = np.mgrid[:height, :width]
-  t = np.arange(num_frames)[:, None, None]
-  r = 128 + 100 * np.sin(x / 9 + t / 3)
-  g = 128 + 100 * np.cos(y / 7 - t / 4)
-  b = 128 + 60 * np.sin((x + y) / 13 + t / 5)
-  return np.stack([r, g, b], axis=-1).round().astype(np.uint8)
-
-
 def psnr(a, b):
   mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
   return 10 * np.log10(255.0**2 / mse)
-
-
-def write_video_only(path, num_frames=5):
-  """An mp4 with an H.264 stream and no audio, written with PyAV directly."""
-  with av.open(str(path), "w") as container:
-    stream = container.add_stream("libx264", rate=10)
-    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-    for i, frame in enumerate(moving_gradient(num_frames)):
-      image = av.VideoFrame.from_ndarray(frame, format="rgb24")
-      image.pts = i
-      container.mux(stream.encode(image))
-    container.mux(stream.encode(None))
 
 
 @pytest.mark.parametrize("name", SHORT_FILES)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import load_fixture
+from helpers import load_fixture
 from rflav_jax.codecs.sdvae import LATENT_SCALE, SdVaeCodec
 from rflav_jax.convert.sdvae import sdvae_from_diffusers
 from rflav_jax.data import pipeline, synthetic, synthetic_tfds
@@ -97,6 +97,7 @@ def test_bad_arguments_are_rejected(data, tfds_builder):
     one_pass(tfds_builder, split="test", process_count=2, global_batch_size=2)
 
 
+@pytest.mark.slow
 def test_sdvae_codec_pre_encodes_batches_to_scaled_latents(data):
   fixture = load_fixture("sdvae_small.npz")
   state_dict = {k[len("vae/"):]: v for k, v in fixture.items() if k.startswith("vae/")}

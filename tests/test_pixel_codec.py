@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import media_file
+from helpers import media_file
 from rflav_jax.codecs.pixel import PixelCodec, VideoCodec, to_signed_unit
 from rflav_jax.media.reader import read_video
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import media_file
+from helpers import media_file, write_video_only
 from configs import synthetic_tiny
 from rflav_jax import generator, sample, standins
 from rflav_jax.build import build_flav
@@ -25,7 +25,6 @@ from rflav_jax.media.align import FrameAligner
 from rflav_jax.media.reader import read_audio, read_clip, read_video
 from rflav_jax.models.flav import flav_from_config, flav_from_preset
 from rflav_jax.models.flops import forward_flops
-from test_media import write_video_only
 
 
 def tiny_config(**model):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from conftest import load_fixture, rel_l2
-from flow_testing import audio_layout, fixture_model, noise_window, point_mass_velocity, tiny_flav, video_layout
+from helpers import (audio_layout, fixture_model, load_fixture, noise_window, point_mass_velocity, rel_l2, tiny_flav,
+                     video_layout)
 from rflav_jax.flow import sampling, steps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ _DEVICES_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from jax.tree_util import Partial
-    from flow_testing import noise_window, tiny_flav
+    from helpers import noise_window, tiny_flav
     from rflav_jax.flow import sampling
 
     assert jax.device_count() == 8, jax.devices()

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import load_fixture, rel_l2
+from helpers import load_fixture, rel_l2
 from rflav_jax.flow import schedule
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import load_fixture, rel_l2
+from helpers import load_fixture, rel_l2
 from rflav_jax.codecs.pixel import VideoCodec
 from rflav_jax.codecs.sdvae import (LATENT_SCALE, AutoencoderKL, SdVaeCodec, VaeConfig, from_model_latents,
                                     map_in_chunks, sample_latent, to_model_latents)
@@ -179,6 +179,7 @@ def random_params(shapes, seed=0):
   return jax.tree_util.tree_map_with_path(init, shapes)
 
 
+@pytest.mark.slow
 def test_real_size_round_trip():
   config = VaeConfig.from_diffusers({
       "_class_name": "AutoencoderKL", "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,

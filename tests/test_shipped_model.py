@@ -92,6 +92,7 @@ def conditioned_figures(mode):
   return trained, baseline
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, figure, trained_above, untrained_below", [
     ("audio_to_video", "height_pitch_r", 0.95, 0.3),  # the generated ball's height follows the given pitch
     ("audio_to_video", "click_recall", 0.8, 0.3),  # and it bounces where the given soundtrack clicks

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -22,7 +23,7 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 from tensorboard.util import tensor_util
 
 from configs import train_synthetic_tiny
-from conftest import rel_l2
+from helpers import rel_l2
 from rflav_jax.convert import load_flav
 from rflav_jax.train import checkpointing, trainer
 from rflav_jax.train.progress import Progress, tensorboard_writer
@@ -72,10 +73,6 @@ def assert_states_close(a, b, tolerance):
     assert rel_l2(flat(a[name]), flat(b[name])) <= tolerance, name
 
 
-def assert_states_equal(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a, b)
-
-
 def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
   """{tag: [(step, value)]} of the scalar summaries in `folder`, read with TensorBoard's own reader."""
   events = EventAccumulator(str(folder), size_guidance={"tensors": 0})  # 0: keep every event
@@ -97,7 +94,7 @@ def test_one_step_updates_params_and_writes_metrics(tmp_path):
   model, exported = load_flav(tmp_path / "export")
   assert model.hidden_size == 32 and config.train.export_dtype == "float16"  # stored in half, loaded as float32
   as_stored = jax.tree.map(lambda x: x.astype(np.float16).astype(np.float32), initial["ema_params"])
-  assert_states_equal(jax.tree.map(np.asarray, exported), as_stored)
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, exported), as_stored)
   scalars = tensorboard_scalars(tmp_path / "tensorboard")
   assert {"loss", "grad_norm", "lr", "samples_per_s"} <= set(scalars)
   assert scalars["loss"] == [(1, np.float32(record["loss"]))]
@@ -157,6 +154,7 @@ def test_ema_decay_warms_up_and_is_capped():
   assert float(ema_decay_fn(config.ema)(np.int32(1))) == pytest.approx(0.99)
 
 
+@pytest.mark.slow
 def test_loss_falls_clearly_within_a_few_hundred_steps(tmp_path):
   config = micro_config(num_steps=500, log_every=50, checkpoint_every=500)
   trainer.train_and_evaluate(config, tmp_path)
@@ -167,6 +165,7 @@ def test_loss_falls_clearly_within_a_few_hundred_steps(tmp_path):
   assert 0.8 < plateau < 1.1 and losses[-1] < 0.8 * plateau, losses
 
 
+@pytest.mark.slow
 def test_eight_devices_and_fsdp_match_one_device(tmp_path):
   common = ("train.num_steps=3", "train.checkpoint_every=3")
   check_ok(launch(tmp_path / "one", *common))
@@ -177,6 +176,7 @@ def test_eight_devices_and_fsdp_match_one_device(tmp_path):
   assert_states_close(saved_state(tmp_path / "fsdp"), one, 1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_like_one(tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -198,6 +198,7 @@ def wait_for_step(workdir: pathlib.Path, step: int, run: subprocess.Popen) -> No
     time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_kill_9_at_a_random_moment_then_resume_gives_the_same_weights(tmp_path):
   common = ("train.num_steps=30",)
   check_ok(launch(tmp_path / "straight", *common))
@@ -209,11 +210,12 @@ def test_kill_9_at_a_random_moment_then_resume_gives_the_same_weights(tmp_path):
   run.send_signal(signal.SIGKILL)
   run.wait()
   check_ok(launch(tmp_path / "killed", *common))
-  assert_states_equal(saved_state(tmp_path / "killed"), saved_state(tmp_path / "straight"))
+  chex.assert_trees_all_equal(saved_state(tmp_path / "killed"), saved_state(tmp_path / "straight"))
   straight, resumed = (load_flav(tmp_path / name / "export")[1] for name in ("straight", "killed"))
-  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+  chex.assert_trees_all_equal(straight, resumed)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   run = launch(tmp_path, "train.num_steps=100000", "train.checkpoint_every=1000", wait=False)
   wait_for_step(tmp_path, 3, run)
@@ -225,6 +227,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   assert "run the same command again" in output
 
 
+@pytest.mark.slow
 def test_contradicting_config_is_refused_and_export_samples(tmp_path):
   check_ok(launch(tmp_path, "train.num_steps=2"))
   result = launch(tmp_path, "train.num_steps=4", "model.hidden_size=48", "model.depth=2")
@@ -239,6 +242,7 @@ def test_contradicting_config_is_refused_and_export_samples(tmp_path):
   assert (tmp_path / "out" / "stream_0.mp4").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_export_of_any_kept_step_holds_that_steps_weights(tmp_path):
   check_ok(launch(tmp_path, "train.num_steps=10"))  # micro saves every 5 steps: steps 5 and 10 are kept
   exported = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path}"], cwd=ROOT,
@@ -247,14 +251,14 @@ def test_export_of_any_kept_step_holds_that_steps_weights(tmp_path):
   assert "wrote step 10" in exported.stdout
   # The newest step, stored as the run's export_dtype: the folder training wrote itself, bit for bit.
   newest, trained = (load_flav(tmp_path / name)[1] for name in ("export_step_10", "export"))
-  jax.tree.map(np.testing.assert_array_equal, newest, trained)
+  chex.assert_trees_all_equal(newest, trained)
 
   # An earlier step in float32: exactly the EMA (or raw) weights its checkpoint holds, not the newest ones.
   stored = saved_state(tmp_path, 5)
   for weights, name in (("ema", "ema_params"), ("params", "params")):
     folder, step = checkpointing.export_step(tmp_path, 5, tmp_path / weights, weights, storage_dtype="float32")
     assert step == 5
-    jax.tree.map(np.testing.assert_array_equal, load_flav(folder)[1], stored[name])
+    chex.assert_trees_all_equal(load_flav(folder)[1], stored[name])
   later = saved_state(tmp_path, 10)["ema_params"]
   assert not np.array_equal(stored["ema_params"]["v_embedder"]["kernel"], later["v_embedder"]["kernel"])
 
@@ -264,6 +268,7 @@ def test_export_of_any_kept_step_holds_that_steps_weights(tmp_path):
     checkpointing.export_step(tmp_path / "export")
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
   config = micro_config(num_steps=4, checkpoint_every=2, skip_nonfinite=False)
   config.optim.update(lr=1e30, warmup_steps=0, grad_clip=0.0)
@@ -274,7 +279,7 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
   assert int(state.step) == 4
   records = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
   assert records[-1]["skipped"] >= 1
-  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(jax.tree.map(np.asarray, state.params)))
+  chex.assert_tree_all_finite(state.params)
 
 
 def test_bad_setups_are_refused_before_compiling(tmp_path):
@@ -317,6 +322,7 @@ def test_accumulated_gradients_equal_the_full_batch_gradient():
   np.testing.assert_allclose(accumulated_grads, grads, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_donated_update_rewrites_its_state_in_place():
   # With COMPILER_OPTIONS (region-based copy insertion) XLA stops copying each leaf of the donated state it updates.
   import ml_collections
@@ -370,6 +376,7 @@ print(total / 1e9, per_device / 1e9)
   assert per_device_gb < total_gb / 7  # nearly all of it split 8 ways
 
 
+@pytest.mark.slow
 def test_sdvae_codec_trains_on_its_latents(tmp_path):
   from rflav_jax import standins
   folder = standins.write_sdvae(tmp_path / "vae", {"block_out_channels": [8, 8], "norm_num_groups": 4,
