@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from rflav_jax.build import build_flav, build_video_codec, build_vocoder
 from rflav_jax.codecs import audio
 from rflav_jax.flow.progress import CallProgress, log_frames
 from rflav_jax.generator import (FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, Generator, SamplingOptions, check_label,

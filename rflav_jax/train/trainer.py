@@ -18,7 +18,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from rflav_jax import sample
