@@ -42,6 +42,7 @@ def test_converted_folder_round_trip_and_runtime_overrides(tmp_path):
   assert build_flav(config, str(folder))[0].hidden_size == 32
 
 
+@pytest.mark.slow
 def test_build_makes_every_network_of_a_sampling_config_reading_each_folder_once(tmp_path, monkeypatch):
   config = synthetic_tiny.get_config()
   config.model = ml_collections.ConfigDict(TINY)

@@ -15,7 +15,7 @@ from rflav_jax.convert.checkpoint_io import CheckpointFormatError, read_checkpoi
 torch = pytest.importorskip("torch", reason="torch (a test extra: requirements-test.txt) writes the .pt files")
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+@pytest.mark.parametrize("fmt", [pytest.param("safetensors", marks=pytest.mark.slow), "pt"])
 def test_converted_release_reproduces_official_outputs(tmp_path, fmt):
   folder, d = fixture_release(tmp_path, fmt)
   out = convert_release("flav", folder, tmp_path / "converted")

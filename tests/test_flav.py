@@ -33,7 +33,7 @@ def fixture_model(name):
 CPU_KERNELS_EVERYWHERE = dict(linear_dot="transposed_weight_grad", looped_attention_min_tokens=1, chunk_tokens=8)
 
 
-@pytest.mark.parametrize("kernels", [{}, CPU_KERNELS_EVERYWHERE], ids=["xla", "cpu_kernels"])
+@pytest.mark.parametrize("kernels", [{}, pytest.param(CPU_KERNELS_EVERYWHERE, marks=pytest.mark.slow)], ids=["xla", "cpu_kernels"])
 @pytest.mark.parametrize("name", ["flav_small_cond_causal.npz", "flav_small_uncond.npz"])
 def test_forward_matches_official(name, kernels):
   d, _, model, params, (v, a, t, y) = fixture_model(name)

@@ -177,6 +177,7 @@ def test_the_rewrite_launcher_refuses_a_planted_config_in_one_line(tmp_path):
   assert not marker.exists() and not (folder / "model.json").exists()
 
 
+@pytest.mark.slow
 def test_damaged_descriptions_and_checkpoints_are_named_with_the_command_that_rewrites_them(tmp_path):
   folder, _, _ = tiny_folder(tmp_path / "flav")
   description = json.loads((folder / "model.json").read_text())

@@ -282,6 +282,7 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
   chex.assert_tree_all_finite(state.params)
 
 
+@pytest.mark.slow
 def test_bad_setups_are_refused_before_compiling(tmp_path):
   config = micro_config(batch_size=6)
   config.train.accumulate_steps = 4
@@ -347,6 +348,7 @@ def test_the_donated_update_rewrites_its_state_in_place():
   assert copies(compiler_options=COMPILER_OPTIONS) < leaves // 2
 
 
+@pytest.mark.slow
 def test_paper_configs_build_and_xl_state_is_sharded_over_fsdp():
   from configs import train_flav_b1
   assert train_flav_b1.get_config("aist").model.num_classes == 10
