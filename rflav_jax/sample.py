@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from rflav_jax import storage
 from rflav_jax.build import build_flav, build_video_codec, build_vocoder
 from rflav_jax.codecs import audio
 from rflav_jax.codecs.pixel import to_uint8
@@ -142,7 +143,7 @@ def _sample(model: FLAV, params, config, output_dir, given: np.ndarray | None) -
   velocity, labels = _velocity_and_labels(model, params, opts)
   codec = build_video_codec(config.codec, model)
   vocoder = build_vocoder(config.vocoder, config.audio_scale, model.n_mels)
-  output_dir = pathlib.Path(output_dir)
+  output_dir = storage.as_path(output_dir)  # a local folder or a URL (gs://...)
   output_dir.mkdir(parents=True, exist_ok=True)
   paths = [output_dir / f"stream_{i}.mp4" for i in range(opts.num_streams)]
 
