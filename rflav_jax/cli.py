@@ -16,7 +16,8 @@ Any other exception is a bug and keeps its traceback. A flag of the wrong type, 
 override of a config field that does not exist end the same way, before `main` runs.
 
 Before `main` runs, `run` sets glibc's allocator to keep freed memory on CPU-only machines
-(`rflav_jax.host_memory`): XLA's CPU programs then stop page-faulting their buffers in at every call.
+(`rflav_jax.host_memory`): XLA's CPU programs then stop page-faulting their buffers in at every call; and with
+STORAGE_EMULATOR_HOST set, it points every storage client at that GCS emulator (`rflav_jax.storage`).
 """
 import importlib.util
 import os
@@ -29,6 +30,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from rflav_jax import host_memory
+from rflav_jax import storage
 
 _VERBOSE_ERRORS = flags.DEFINE_bool("verbose_errors", False,
                                     "Show the traceback of an error instead of the one-line message.")
@@ -56,6 +58,7 @@ def run(main: Callable[[list[str]], None]) -> None:
   def guarded(argv):
     try:
       host_memory.keep_freed_memory()
+      storage.use_emulator_from_env()
       return main(argv)
     except USER_ERRORS as error:
       if _VERBOSE_ERRORS.value:

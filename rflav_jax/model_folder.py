@@ -13,8 +13,8 @@ Folders of the older format hold a generated config.py in place of model.json. T
 is parsed, never run, and accepted only in the exact form launch.convert wrote, with literal values;
 `python -m launch.convert --rewrite_folder=DIR` rewrites such a folder as model.json.
 
-Files are reached only through the path objects' own methods (no os.path, no open()), which etils.epath.Path
-offers as well as pathlib.Path.
+Files are reached only through etils.epath.Path's own methods (no os.path, no open()), so a folder may be local or
+in cloud storage (gs://bucket/model).
 """
 import ast
 import dataclasses
@@ -29,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
+from rflav_jax import storage
 from rflav_jax.errors import CheckpointFormatError
 
 MODEL_JSON = "model.json"
@@ -67,19 +69,19 @@ class ModelFolder:
 
   storage_dtype is None for folders of the older format, which did not record it.
   """
-  path: pathlib.Path
+  path: epath.Path
   kind: str
   model: dict
   storage_dtype: str | None
   provenance: dict
 
   @property
-  def params(self) -> pathlib.Path:
+  def params(self) -> epath.Path:
     return self.path / PARAMS
 
 
 def write(folder, kind: str, params: Any, model_args: dict, provenance: dict,
-          storage_dtype: str = "float32") -> pathlib.Path:
+          storage_dtype: str = "float32") -> epath.Path:
   """Saves `params` as folder/params (floats cast to storage_dtype) and describes them in folder/model.json.
 
   model_args: the constructor arguments, JSON values only; provenance: {"source", "sha256", ...} (module
@@ -89,7 +91,7 @@ def write(folder, kind: str, params: Any, model_args: dict, provenance: dict,
   folder, absolute.
   """
   description = _description(kind, model_args, storage_dtype, provenance)
-  folder = _path(folder).absolute()
+  folder = _path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   first = jax.process_index() == 0
   if first:
@@ -108,7 +110,7 @@ def write(folder, kind: str, params: Any, model_args: dict, provenance: dict,
 
 def file_provenance(path) -> dict:
   """{"source": the file's absolute path, "sha256": its hex digest}: the provenance of weights converted from it."""
-  path = _path(path).absolute()
+  path = _path(path)
   with path.open("rb") as f:
     return {"source": str(path), "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
@@ -148,7 +150,7 @@ def restore_params(folder: ModelFolder, abstract_params: Any) -> Any:
   Raises CheckpointFormatError listing the shapes that differ, or for a damaged checkpoint, with the command
   that writes the folder again.
   """
-  path = folder.params.absolute()
+  path = folder.params
   if not path.is_dir():
     raise FileNotFoundError(f"no Orbax checkpoint at {path}; write the folder again: {_rewrite_hint(folder)}")
   try:
@@ -171,7 +173,7 @@ def restore_params(folder: ModelFolder, abstract_params: Any) -> Any:
   return params
 
 
-def rewrite_legacy(folder) -> pathlib.Path:
+def rewrite_legacy(folder) -> epath.Path:
   """Rewrites a model folder of the older format as model.json beside its params/, which stay as they are, and
   removes its config.py (read as data, never run). Returns the path of model.json."""
   folder = _path(folder)
@@ -197,9 +199,10 @@ def release_markers(kind: str, config: dict) -> list[str]:
   return sorted(key for key in _RELEASE_MARKERS[kind] if key in config)
 
 
-def _path(folder) -> pathlib.Path:
-  """The path object that every file access goes through (etils.epath.Path has the same methods)."""
-  return pathlib.Path(folder)
+def _path(folder) -> epath.Path:
+  """The path object that every file access goes through: a local path made absolute, or a URL such as
+  gs://bucket/model as it is."""
+  return storage.as_path(folder)
 
 
 def _description(kind: str, model_args: dict, storage_dtype: str, provenance: dict) -> dict:
@@ -237,21 +240,19 @@ def _problem(data: Any) -> str | None:
   return None
 
 
-def _write_json(path: pathlib.Path, description: dict) -> None:
-  """Writes `description` to `path` whole: into a neighbouring file first, then renamed."""
-  part = path.with_name(path.name + ".part")
-  part.write_text(json.dumps(description, indent=2) + "\n")
-  part.replace(path)
+def _write_json(path: epath.Path, description: dict) -> None:
+  """Writes `description` to `path` whole (a reader finds no part of it)."""
+  storage.write_atomically(path, json.dumps(description, indent=2) + "\n")
 
 
-def _json_or_none(path: pathlib.Path) -> Any:
+def _json_or_none(path: epath.Path) -> Any:
   try:
     return json.loads(path.read_text())
   except (UnicodeDecodeError, json.JSONDecodeError):
     return None
 
 
-def _read_model_json(folder: pathlib.Path) -> ModelFolder:
+def _read_model_json(folder: epath.Path) -> ModelFolder:
   path = folder / MODEL_JSON
   try:
     data = json.loads(path.read_text())
@@ -264,7 +265,7 @@ def _read_model_json(folder: pathlib.Path) -> ModelFolder:
   return ModelFolder(folder, data["kind"], data["model"], data["storage_dtype"], data["provenance"])
 
 
-def _read_legacy(folder: pathlib.Path) -> ModelFolder:
+def _read_legacy(folder: epath.Path) -> ModelFolder:
   """The description in an older folder's config.py, parsed as data: only the form launch.convert wrote."""
   path = folder / LEGACY_CONFIG
 
@@ -307,10 +308,10 @@ def _matches(node: Any, form: Any, slots: dict) -> bool:
   return node == form
 
 
-def _stored_dtype(params: pathlib.Path) -> str:
+def _stored_dtype(params: epath.Path) -> str:
   """The dtype the Orbax checkpoint `params` stores its floats in."""
   try:
-    metadata = ocp.StandardCheckpointer().metadata(params.absolute()).item_metadata
+    metadata = ocp.StandardCheckpointer().metadata(params).item_metadata
   except (ValueError, OSError, KeyError) as error:
     raise CheckpointFormatError(f"{params}: the Orbax checkpoint's metadata cannot be read ({error})") from None
   dtypes = {jnp.dtype(leaf.dtype).name for leaf in jax.tree.leaves(metadata)

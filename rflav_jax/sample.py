@@ -13,14 +13,15 @@ what limits its speed on the machine at hand.
 import collections
 import contextlib
 import os
-import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 
+from rflav_jax import storage
 from rflav_jax.codecs import audio
 from rflav_jax.flow.progress import CallProgress, log_frames
 from rflav_jax.generator import (FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, Generator, SamplingOptions, check_label,
@@ -35,7 +36,7 @@ _CPU_TFLOP_PER_S_PER_CORE = 0.077
 _CPU_WARN_TFLOP_PER_CALL = 0.5
 
 
-def sample(config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
+def sample(config, output_dir: str | os.PathLike) -> list[epath.Path]:
   """Generates config.sample.num_frames frames per stream into output_dir; returns the mp4 paths.
 
   config.sample.condition selects joint generation ("", streamed chunk by chunk), video for the audio of
@@ -47,7 +48,7 @@ def sample(config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
   return _write(generator, config, output_dir, given)
 
 
-def sample_with(generator: Generator, config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
+def sample_with(generator: Generator, config, output_dir: str | os.PathLike) -> list[epath.Path]:
   """`sample` with a given Generator (e.g. the trainer's, holding its EMA weights); reads config.sample's
   num_streams, num_frames, label and condition fields and config.seed."""
   return _write(generator, config, output_dir, _read_inputs(config.sample))
@@ -106,12 +107,12 @@ def cpu_warning(flop_per_call: float, calls: int, cores: int, dtype) -> str | No
   return warning
 
 
-def _write(generator: Generator, config, output_dir, given: np.ndarray | None) -> list[pathlib.Path]:
+def _write(generator: Generator, config, output_dir, given: np.ndarray | None) -> list[epath.Path]:
   opts, model = config.sample, generator.model
   if model.num_classes:
     check_label(opts.label, model.num_classes, "config.sample.label")
   labels = np.full(opts.num_streams, opts.label if model.num_classes else 0)  # 0: an unconditional model's null
-  output_dir = pathlib.Path(output_dir)
+  output_dir = storage.as_path(output_dir)  # a local folder or a URL (gs://...)
   output_dir.mkdir(parents=True, exist_ok=True)
   paths = [output_dir / f"stream_{i}.mp4" for i in range(opts.num_streams)]
 

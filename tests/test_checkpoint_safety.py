@@ -332,7 +332,7 @@ def test_converted_folders_move_and_old_or_damaged_ones_are_explained(tmp_path):
   fresh = convert_release("flav", release, tmp_path / "fresh")
   with pytest.raises(CheckpointFormatError, match=r"(?s)fresh/params: shape mismatch.*\(64,\), model expects \(128,\).* and \d+ more"):
     load_flav(fresh, hidden_size=model.hidden_size * 2, num_heads=model.num_heads * 2)
-  next(p for p in (fresh / "params").rglob("*") if p.name == "_METADATA").write_text("{\"tree")
+  next(p for p in pathlib.Path(fresh, "params").rglob("*") if p.name == "_METADATA").write_text("{\"tree")
   with pytest.raises(CheckpointFormatError, match="fresh/params: the Orbax checkpoint cannot be restored"):
     load_flav(fresh)
   (fresh / "model.json").write_text('{"kind": "fl')

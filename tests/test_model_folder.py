@@ -55,7 +55,8 @@ def make_old(folder, source="a release in /somewhere/model.safetensors"):
                                                       model=pprint.pformat(args["model"], indent=4, sort_dicts=True)))
 
 
-def tree_digest(folder: pathlib.Path) -> dict:
+def tree_digest(folder) -> dict:
+  folder = pathlib.Path(folder)  # model folders are etils.epath paths, whose glob refuses "**"
   return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
           for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -200,7 +201,7 @@ def test_damaged_descriptions_and_checkpoints_are_named_with_the_command_that_re
                                      step=7, weights="params")
   assert model_folder.read(export).provenance == {"source": str(tmp_path / "run"), "sha256": None, "step": 7,
                                                   "weights": "params"}
-  next(p for p in (export / "params").rglob("_METADATA")).write_text('{"tree')
+  next(p for p in pathlib.Path(export, "params").rglob("_METADATA")).write_text('{"tree')
   command = f"`python -m launch.export --workdir={tmp_path}/run --step=7 --weights=params --output_dir={export}`"
   with pytest.raises(CheckpointFormatError, match=f"cannot be restored.*{re.escape(command)}"):
     load_flav(export)

@@ -34,6 +34,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from absl import logging
 
+from rflav_jax import storage
 from rflav_jax.codecs.audio import MelParams, frames_from_mel, mel_from_waveform
 from rflav_jax.media.errors import MediaError
 from rflav_jax.media.reader import CHANNEL_MODES, read_clip
@@ -88,11 +89,11 @@ class BuildReport:
     return "\n".join(lines)
 
   def save(self, path: str | os.PathLike) -> None:
-    pathlib.Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2))
+    storage.as_path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2))
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "BuildReport":
-    fields = json.loads(pathlib.Path(path).read_text())
+    fields = json.loads(storage.as_path(path).read_text())
     return cls(**{**fields, "skipped": [SkippedFile(**s) for s in fields["skipped"]]})
 
 
@@ -174,13 +175,14 @@ def build_avfolder(source_dir: str | os.PathLike, data_dir: str | os.PathLike, *
   The dataset lands in data_dir/av_folder/<config name>/1.0.0, the config name being
   `<name>_r<resolution>_fps<fps>_t<clip_frames>_<labelled|unlabelled>`; `name` defaults to the source
   folder's name. Load it with `tfds.builder_from_directory(report.dataset_dir)` (or pass that builder to
-  pipeline.make_pipeline). A dataset already built is not rebuilt; its saved report is returned.
+  pipeline.make_pipeline). A dataset already built is not rebuilt; its saved report is returned. `data_dir` may be
+  a URL (gs://bucket/tfds); `source_dir` is a local folder.
   """
   source = pathlib.Path(source_dir)
   config = avfolder_config(source, resolution=resolution, fps=fps, clip_frames=clip_frames, labelled=labelled,
                            channels=channels, name=name)
   builder = AvFolder(config=config, data_dir=os.fspath(data_dir))
-  report_path = pathlib.Path(builder.data_dir) / REPORT_NAME
+  report_path = storage.as_path(builder.data_dir) / REPORT_NAME
   if report_path.exists():
     return BuildReport.load(report_path)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(source)),

@@ -4,23 +4,22 @@ import os
 import av
 import numpy as np
 
+from rflav_jax import storage
+
 # Anchor colours of a perceptually ordered dark-blue -> green -> yellow map (viridis-like), for spectrograms.
 _COLOURS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-  """Writes a uint8 (H, W, 3) RGB image as a lossless PNG."""
+  """Writes a uint8 (H, W, 3) RGB image as a lossless PNG to `path`, a local path or a URL (gs://...)."""
   image = np.ascontiguousarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
-  with av.open(os.fspath(path), "w", format="image2") as container:
-    stream = container.add_stream("png")
-    stream.height, stream.width = image.shape[:2]
-    stream.pix_fmt = "rgb24"
-    for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-      container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
+  encoder = av.CodecContext.create("png", "w")
+  encoder.height, encoder.width = image.shape[:2]
+  encoder.pix_fmt = "rgb24"
+  packets = encoder.encode(av.VideoFrame.from_ndarray(image, format="rgb24")) + encoder.encode(None)
+  storage.as_path(path).write_bytes(b"".join(bytes(packet) for packet in packets))  # one packet: the whole file
 
 
 def contact_sheet(frames: np.ndarray, columns: int = 10) -> np.ndarray:

@@ -1,10 +1,13 @@
 """Writing audio-video streams to mp4 (H.264 + AAC, chunk by chunk) and audio to 16-bit wav."""
 import os
+import shutil
+import tempfile
 import wave
 
 import av
 import numpy as np
 
+from rflav_jax import storage
 from rflav_jax.media.timing import exact_rate, samples_per_frame
 
 
@@ -19,6 +22,9 @@ class Mp4Writer:
         writer.write(frames, audio)
 
   crf: H.264 constant rate factor (0 lossless .. 51 worst; 18 is visually near lossless).
+  `path` may be a URL (gs://bucket/out.mp4): FFmpeg's mp4 muxer needs a local file, so the writer fills a local
+  temporary file and copies it to `path` (then removes it) on `close`; a process killed before that leaves the
+  temporary file behind and nothing at `path`.
   """
 
   def __init__(self, path: str | os.PathLike, fps: float = 10, sample_rate: int = 16000, crf: int = 18,
@@ -31,7 +37,8 @@ class Mp4Writer:
     self._samples_per_frame = samples_per_frame(fps, sample_rate)
     self._encoder_options = {"crf": str(crf), "preset": preset}
     self._audio_bitrate = audio_bitrate
-    self._container = av.open(self.path, "w", format="mp4")
+    self._local = _temporary_mp4() if storage.is_remote(self.path) else self.path
+    self._container = av.open(self._local, "w", format="mp4")
     self._video = self._audio = None  # created by the first write, once the frame size is known
     self._frames_written = 0
     self._samples_written = 0
@@ -77,6 +84,10 @@ class Mp4Writer:
     self._container.mux(self._video.encode(None))
     self._container.mux(self._audio.encode(None))
     self._container.close()
+    if self._local != self.path:
+      with open(self._local, "rb") as source, storage.as_path(self.path).open("wb") as target:
+        shutil.copyfileobj(source, target)
+      os.remove(self._local)
 
   def __enter__(self) -> "Mp4Writer":
     return self
@@ -91,8 +102,8 @@ class Mp4Writer:
     """Closes a writer that never wrote anything and removes its empty file."""
     self._closed = True
     self._container.close()
-    if os.path.exists(self.path):
-      os.remove(self.path)
+    if os.path.exists(self._local):
+      os.remove(self._local)
 
   def _add_streams(self, height: int, width: int) -> None:
     """Adds the H.264 and AAC streams for frames of height x width (both must be even for yuv420p)."""
@@ -105,6 +116,13 @@ class Mp4Writer:
     self._video.options = self._encoder_options
     self._audio = self._container.add_stream("aac", rate=self.sample_rate, layout="mono")
     self._audio.bit_rate = self._audio_bitrate
+
+
+def _temporary_mp4() -> str:
+  """A new empty local file for an mp4 that will be copied elsewhere."""
+  handle, path = tempfile.mkstemp(suffix=".mp4")
+  os.close(handle)
+  return path
 
 
 def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> None:

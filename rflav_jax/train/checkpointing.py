@@ -10,14 +10,17 @@ checkpoints, plus every `keep_every`-th step if set.
 
 `export_step` writes any kept step's weights as a model folder (what training writes to DIR/export at its end), so
 a step can be sampled or evaluated while the run goes on.
+
+Paths may be local or URLs such as gs://bucket/run/checkpoints (`rflav_jax.storage`).
 """
 import json
-import pathlib
+import os
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-from rflav_jax import model_folder
+from rflav_jax import model_folder, storage
 from rflav_jax.build import check_config_matches
 
 WEIGHTS = ("ema", "params")  # which weights of a TrainState an export takes: the EMA (as training does) or the raw
@@ -26,11 +29,11 @@ WEIGHTS = ("ema", "params")  # which weights of a TrainState an export takes: th
 class Checkpoints:
   """The checkpoints of one training workdir."""
 
-  def __init__(self, directory: str | pathlib.Path, *, save_every: int, keep: int, keep_every: int = 0,
+  def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int, keep_every: int = 0,
                asynchronous: bool = True, read_only: bool = False):
     if not read_only and (save_every < 1 or keep < 1):
       raise ValueError(f"config.train.checkpoint_every={save_every} and keep_checkpoints={keep} must be >= 1")
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = storage.as_path(directory)
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None)
     else:
@@ -42,9 +45,9 @@ class Checkpoints:
     self._manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
   @classmethod
-  def of_run(cls, workdir: str | pathlib.Path) -> "Checkpoints":
+  def of_run(cls, workdir: str | os.PathLike) -> "Checkpoints":
     """The checkpoints of the training run in `workdir`, opened for reading (nothing is saved or deleted)."""
-    directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    directory = storage.as_path(workdir) / "checkpoints"
     if not directory.is_dir():
       raise FileNotFoundError(f"{directory} does not exist: pass the --workdir of a launch.train run")
     return cls(directory, save_every=0, keep=0, read_only=True)
@@ -104,22 +107,22 @@ def abstract_with_shardings(abstract_state, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
 
 
-def save_export(out_dir: str | pathlib.Path, params, model_args: dict, workdir: str | pathlib.Path, step: int,
-                weights: str = "ema", storage_dtype: str = "float32") -> pathlib.Path:
+def save_export(out_dir: str | os.PathLike, params, model_args: dict, workdir: str | os.PathLike, step: int,
+                weights: str = "ema", storage_dtype: str = "float32") -> epath.Path:
   """Writes `params` (`weights`, see WEIGHTS) of step `step` of the run in `workdir` as a model folder."""
-  provenance = {"source": str(pathlib.Path(workdir).absolute()), "sha256": None, "step": step, "weights": weights}
+  provenance = {"source": os.fspath(storage.as_path(workdir)), "sha256": None, "step": step, "weights": weights}
   return model_folder.write(out_dir, "flav", params, model_args, provenance, storage_dtype)
 
 
-def export_step(workdir: str | pathlib.Path, step: int | None = None, out_dir: str | pathlib.Path | None = None,
-                weights: str = "ema", storage_dtype: str | None = None) -> tuple[pathlib.Path, int]:
+def export_step(workdir: str | os.PathLike, step: int | None = None, out_dir: str | os.PathLike | None = None,
+                weights: str = "ema", storage_dtype: str | None = None) -> tuple[epath.Path, int]:
   """Exports step `step` (default: the newest) of the run in `workdir` as a model folder; returns (folder, step).
 
   out_dir defaults to workdir/export_step_<step>; storage_dtype to the run's config.train.export_dtype.
   """
   if weights not in WEIGHTS:
     raise ValueError(f"weights={weights!r}: expected one of {WEIGHTS}")
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = storage.as_path(workdir)
   checkpoints = Checkpoints.of_run(workdir)
   try:
     steps = checkpoints.steps()

@@ -9,12 +9,12 @@ Clips are cut to windows of model.predict_frames frames; mel is multiplied by co
 config.codec.kind == "sdvae" the frames are encoded to latents drawn from the posterior with a key fixed by
 (seed, step, host), so a resumed run sees the same latents.
 """
-import pathlib
 from typing import Iterator
 
 import jax
 import numpy as np
 
+from rflav_jax import storage
 from rflav_jax.data import pipeline, synthetic
 from rflav_jax.models.flav import FLAV
 
@@ -37,7 +37,7 @@ def data_source(data_config) -> pipeline.Source:
         data_config.data_dir, resolution=data_config.resolution, num_frames=data_config.clip_frames,
         num_train=data_config.num_clips, num_test=0, seed=data_config.seed)
   else:
-    folder = pathlib.Path(data_config.dataset_dir)
+    folder = storage.as_path(data_config.dataset_dir)  # a local folder or a URL (gs://...)
     if not (folder / "dataset_info.json").is_file():
       raise ValueError(f"config.data.dataset_dir={str(folder)!r} holds no TFDS dataset (no dataset_info.json); "
                        "build one with `python -m launch.prepare_data` and pass the folder it reports")

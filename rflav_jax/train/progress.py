@@ -6,15 +6,21 @@ samples_per_s, tflops_per_s (analytic count, models.flops) and, when a peak is c
 goes to DIR/loss_curve.png, and the same scalars to TensorBoard under DIR/tensorboard through clu's SummaryWriter
 (tf.summary), where TensorFlow and clu are installed. A resumed run first drops the lines logged after its
 checkpoint, so each step appears once.
+
+DIR may be a URL such as gs://bucket/run (`rflav_jax.storage`). Cloud objects cannot be appended to, so each log
+writes metrics.jsonl whole (storage.write_atomically), as it does the loss curve: a run killed at any moment leaves
+the file of its last log.
 """
 import json
 import logging as py_logging
-import pathlib
+import os
 import time
 
 import numpy as np
 from absl import logging
+from etils import epath
 
+from rflav_jax import storage
 from rflav_jax.media.images import curve_image, write_png
 
 
@@ -24,7 +30,7 @@ def quiet_library_logs() -> None:
   logging.get_absl_logger().addFilter(quiet)
 
 
-def _history_until(path: pathlib.Path, step: int) -> list[dict]:
+def _history_until(path: epath.Path, step: int) -> list[dict]:
   """The records of metrics.jsonl up to `step` (a previous part of the run), oldest first."""
   if not path.exists():
     return []
@@ -40,9 +46,15 @@ def _duration(seconds: float) -> str:
 def tensorboard_writer(folder: str):
   """clu's SummaryWriter into `folder` (a path or any URL tf.io.gfile writes, such as gs://bucket/run), or None.
 
-  None, after one warning, where TensorFlow or clu is missing (GPU images often lack TensorFlow): the run trains
-  and writes metrics.jsonl as usual.
+  None, after one warning, where TensorFlow or clu is missing (GPU images often lack TensorFlow) or TensorFlow
+  cannot reach `folder` (a gs:// folder in a GCS emulator, see storage.tensorflow_reaches): the run trains and
+  writes metrics.jsonl as usual.
   """
+  if not storage.tensorflow_reaches(folder):
+    logging.warning("TensorBoard summaries are off: TensorFlow's GCS file system cannot reach %s in the emulator at "
+                    "%s=%s; metrics.jsonl and loss_curve.png are written as usual", folder,
+                    storage.EMULATOR_VARIABLE, os.environ[storage.EMULATOR_VARIABLE])
+    return None
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only process 0, only for its summaries)
     from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
@@ -60,20 +72,18 @@ def tensorboard_writer(folder: str):
 class Progress:
   """Rates, ETA and the metric files of a run from `first_step` to `num_steps`."""
 
-  def __init__(self, workdir: pathlib.Path, first_step: int, num_steps: int, batch_size: int,
+  def __init__(self, workdir: str | os.PathLike, first_step: int, num_steps: int, batch_size: int,
                flops_per_step: float, peak_flops: float, write: bool):
     self._first, self._num_steps, self._batch = first_step, num_steps, batch_size
     self._flops, self._peak = flops_per_step, peak_flops
     self._write = write
     self._start = self._last_time = time.perf_counter()  # until start(): compilation included
     self._last_step = first_step
-    self._workdir = workdir
+    self._workdir = workdir = storage.as_path(workdir)
     self._history = _history_until(workdir / "metrics.jsonl", first_step) if write else []
-    self._metrics = None
     if write:
-      self._metrics = open(workdir / "metrics.jsonl", "w")
-      self._metrics.writelines(json.dumps(record) + "\n" for record in self._history)
-    self._tensorboard = tensorboard_writer(str(workdir / "tensorboard")) if write else None
+      self._write_metrics()
+    self._tensorboard = tensorboard_writer(os.fspath(workdir / "tensorboard")) if write else None
 
   def start(self, step: int) -> None:
     """Marks the end of the first step (and compilation), `step`: rates and ETA count from here."""
@@ -98,9 +108,8 @@ class Progress:
     logging.info("step %d/%d  loss %.4f (video %.4f, audio %.4f)  grad %.3g  lr %.3g  %.2f steps/s  %.1f samples/s%s"
                  "  ETA %s", step, self._num_steps, record["loss"], record["loss_video"], record["loss_audio"],
                  record["grad_norm"], record["lr"], steps_per_s, record["samples_per_s"], mfu, eta)
-    self._metrics.write(json.dumps(record) + "\n")
-    self._metrics.flush()
     self._history.append(record)
+    self._write_metrics()
     write_png(self._workdir / "loss_curve.png",
               curve_image([r["step"] for r in self._history], [r["loss"] for r in self._history]))
     if self._tensorboard is not None:
@@ -109,7 +118,10 @@ class Progress:
     return record
 
   def close(self) -> None:
-    if self._write:
-      self._metrics.close()
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+  def _write_metrics(self) -> None:
+    """Writes metrics.jsonl whole: one JSON line per record of the history."""
+    storage.write_atomically(self._workdir / "metrics.jsonl",
+                             "".join(json.dumps(record) + "\n" for record in self._history))

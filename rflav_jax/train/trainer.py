@@ -1,8 +1,9 @@
 """`train_and_evaluate(config, workdir)`: train FLAV on config.data, resuming from DIR's newest checkpoint.
 
-Everything goes to `workdir`: checkpoints/ (Orbax), config.json (the resolved config), metrics.jsonl,
-tensorboard/, samples/step_<n>/ (mp4 + PNG previews from the EMA weights) and export/ (the EMA weights as a
-model folder: `launch.sample --config.checkpoint=DIR/export`; `launch.export` writes one of any kept step).
+Everything goes to `workdir`, a local folder or a URL such as gs://bucket/run (`rflav_jax.storage`): checkpoints/
+(Orbax), config.json (the resolved config), metrics.jsonl, tensorboard/, samples/step_<n>/ (mp4 + PNG previews from
+the EMA weights) and export/ (the EMA weights as a model folder: `launch.sample --config.checkpoint=DIR/export`;
+`launch.export` writes one of any kept step).
 Running it again on the same workdir continues the run; a run killed at any moment and restarted ends with the
 same weights as one never stopped.
 
@@ -12,15 +13,15 @@ input from that step on (the data order is fixed by (seed, step), see data.pipel
 randomness fold_in(rng, step) comes from the restored state.
 """
 import os
-import pathlib
 import signal
 import time
 
 import jax
 import ml_collections
 from absl import logging
+from etils import epath
 
-from rflav_jax import sample
+from rflav_jax import sample, storage
 from rflav_jax.build import build_flav, build_video_codec
 from rflav_jax.flow.progress import CallProgress
 from rflav_jax.generator import Generator
@@ -36,15 +37,15 @@ class NonFiniteError(FloatingPointError):
   """The loss or the gradient of an update was NaN or Inf."""
 
 
-def _check_workdir(workdir: pathlib.Path) -> None:
+def _check_workdir(workdir: epath.Path) -> None:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = workdir / f".write_test_{os.getpid()}"
     probe.write_text("")
     probe.unlink()
   except OSError as error:
-    raise ValueError(f"workdir {str(workdir)!r} cannot be written ({error.strerror}); pass a folder you can write "
-                     "to with --workdir") from error
+    raise ValueError(f"workdir {os.fspath(workdir)!r} cannot be written ({error.strerror or error}); pass a folder "
+                     "you can write to with --workdir") from error
 
 
 def _check_config(config) -> None:
@@ -94,7 +95,7 @@ def _stop_if_nonfinite(steps: list[int], metrics: list[dict], checkpoints: check
       "updates (a run whose weights have diverged keeps failing: go back to an earlier checkpoint)")
 
 
-def _write_samples(config, generator: Generator, step: int, workdir: pathlib.Path) -> None:
+def _write_samples(config, generator: Generator, step: int, workdir: epath.Path) -> None:
   """A short stream of the generator (holding the EMA weights) into workdir/samples/step_<step>/ (process 0)."""
   preview = ml_collections.ConfigDict(config.to_dict())
   preview.sample.num_frames = config.train.sample_frames
@@ -113,7 +114,7 @@ def _previews(config, model: FLAV, ema_params, previous: Generator | None) -> Ge
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainState:
   """Trains until config.train.num_steps (or a SIGTERM / preemption); returns the final TrainState."""
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = storage.as_path(workdir)
   _check_config(config)
   _check_workdir(workdir)
   quiet_library_logs()

@@ -1,0 +1,154 @@
+"""Cloud storage: the path helper, the emulator settings, and training into a GCS emulator with --workdir=gs://...
+
+The slow tests start gcp-storage-emulator (tests/gcs_emulator.py) and run `python -m launch.train` with
+STORAGE_EMULATOR_HOST set, in an empty working folder with empty TMPDIR and HOME, and read what the run left in the
+bucket through the emulator's own HTTP API.
+"""
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import jax
+import numpy as np
+import pytest
+
+import gcs_emulator
+from rflav_jax import storage
+from rflav_jax.convert import load_flav
+from test_train import ROOT, assert_states_equal, saved_state
+
+BUCKET = "bucket"
+RUN = ("--config=configs/train_synthetic_tiny.py:micro", "--config.compilation_cache_dir=gs://bucket/xla",
+       "--config.train.sample_every=5", "--config.train.sample_frames=6")  # 10 steps, checkpoints at 5 and 10
+
+
+def test_as_path_keeps_urls_and_makes_local_paths_absolute(tmp_path, monkeypatch):
+  run = storage.as_path("gs://bucket/run")
+  assert storage.is_remote(run) and os.fspath(run / "checkpoints" / "5") == "gs://bucket/run/checkpoints/5"
+  assert os.fspath(storage.as_path(run)) == "gs://bucket/run"
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert os.fspath(storage.as_path("runs/tiny")) == str(tmp_path / "runs" / "tiny")
+  assert os.fspath(storage.as_path("~/xla")) == str(tmp_path / "home" / "xla")
+  assert not storage.is_remote("runs/tiny")
+  storage.write_atomically(storage.as_path("metrics.jsonl"), "old\n")
+  storage.write_atomically(storage.as_path("metrics.jsonl"), "new\n")
+  assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"] and (tmp_path / "metrics.jsonl").read_text() == "new\n"
+
+
+def test_the_emulator_host_is_mapped_onto_every_storage_client(monkeypatch):
+  settings = storage.emulator_settings("127.0.0.1:9023")
+  for name in settings:
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.delenv(storage.EMULATOR_VARIABLE, raising=False)
+  assert storage.use_emulator_from_env() is None and not any(name in os.environ for name in settings)
+  assert storage.tensorflow_reaches("gs://bucket/run/tensorboard")
+
+  monkeypatch.setenv(storage.EMULATOR_VARIABLE, "127.0.0.1:9023")
+  url = "http://127.0.0.1:9023"
+  assert storage.use_emulator_from_env() == url
+  for name in (storage.EMULATOR_VARIABLE, "TENSORSTORE_GCS_HTTP_URL", "CLOUD_STORAGE_EMULATOR_ENDPOINT"):
+    assert os.environ[name] == url, name
+  assert os.environ["GOOGLE_AUTH_TOKEN_FOR_TESTING"] and os.environ["FSSPEC_GCS_TOKEN"] == "anon"
+  assert os.environ["EPATH_USE_TF"] == "false" and os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] == "false"
+  assert storage.emulator_settings("http://localhost:1")["TENSORSTORE_GCS_HTTP_URL"] == "http://localhost:1"
+  assert not storage.tensorflow_reaches("gs://bucket/run/tensorboard")
+  assert storage.tensorflow_reaches("/tmp/run/tensorboard")
+
+
+@pytest.fixture(scope="module")
+def emulator():
+  with gcs_emulator.running_emulator(BUCKET) as host:
+    yield host
+
+
+def empty_folders(root: pathlib.Path) -> types.SimpleNamespace:
+  """Empty cwd, tmp and home folders for a run that must write nothing locally."""
+  folders = types.SimpleNamespace(**{name: root / name for name in ("cwd", "tmp", "home")})
+  for folder in vars(folders).values():
+    folder.mkdir(parents=True)
+  return folders
+
+
+def train(host: str, workdir: str, folders: types.SimpleNamespace, wait: bool = True):
+  """`python -m launch.train` of RUN into `workdir` against the emulator at `host`; CompletedProcess or Popen."""
+  env = {**os.environ, storage.EMULATOR_VARIABLE: host, "TMPDIR": str(folders.tmp), "HOME": str(folders.home),
+         "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  command = [sys.executable, "-m", "launch.train", f"--workdir={workdir}",
+             *[arg.replace("configs/", f"{ROOT}/configs/") for arg in RUN]]
+  if not wait:
+    return subprocess.Popen(command, cwd=folders.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+  result = subprocess.run(command, cwd=folders.cwd, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result
+
+
+def download(host: str, prefix: str, to: pathlib.Path) -> pathlib.Path:
+  """Copies every object under `prefix` in the bucket into the local folder `to`."""
+  for name in gcs_emulator.object_names(host, BUCKET, prefix):
+    target = to / name.removeprefix(prefix).lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(gcs_emulator.read_object(host, BUCKET, name))
+  return to
+
+
+@pytest.fixture(scope="module")
+def straight_run(emulator, tmp_path_factory):
+  """An uninterrupted run into gs://bucket/straight; its local folders."""
+  folders = empty_folders(tmp_path_factory.mktemp("straight"))
+  train(emulator, "gs://bucket/straight", folders)
+  return folders
+
+
+@pytest.mark.slow
+def test_training_into_a_bucket_writes_every_artifact_there_and_nothing_on_local_disk(emulator, straight_run,
+                                                                                      tmp_path):
+  assert [list(folder.iterdir()) for folder in (straight_run.cwd, straight_run.tmp, straight_run.home)] == [[]] * 3
+  names = set(gcs_emulator.object_names(emulator, BUCKET, "straight/"))
+  expected = {"config.json", "metrics.jsonl", "loss_curve.png", "export/model.json",
+              *[f"checkpoints/{step}/commit_success.txt" for step in (5, 10)],
+              *[f"samples/step_{step:07d}/{file}" for step in (5, 10)
+                for file in ("stream_0.mp4", "stream_0_frames.png", "stream_0_mel.png")]}
+  assert {f"straight/{name}" for name in expected} <= names
+  assert any(name.startswith("straight/export/params/") for name in names)
+  assert gcs_emulator.object_names(emulator, BUCKET, "xla/")  # JAX's compilation cache
+
+  read = lambda name: gcs_emulator.read_object(emulator, BUCKET, f"straight/{name}")
+  assert [json.loads(line)["step"] for line in read("metrics.jsonl").decode().splitlines()] == list(range(1, 11))
+  assert read("loss_curve.png").startswith(b"\x89PNG") and read("samples/step_0000005/stream_0_mel.png")[:4] == \
+      b"\x89PNG"
+  assert read("samples/step_0000010/stream_0.mp4")[4:8] == b"ftyp"  # an mp4 file, copied up whole
+  assert json.loads(read("config.json"))["train"]["num_steps"] == 10
+
+  # The bucket's export holds the EMA weights of its last checkpoint (export_dtype float16).
+  local = download(emulator, "straight/", tmp_path / "straight")
+  model, exported = load_flav(local / "export")
+  assert model.hidden_size == 32
+  ema = saved_state(local, 10)["ema_params"]
+  jax.tree.map(lambda e, x: np.testing.assert_array_equal(e, x.astype(np.float16).astype(np.float32)), exported, ema)
+
+
+@pytest.mark.slow
+def test_kill_9_then_the_same_command_resumes_exactly_from_the_bucket(emulator, straight_run, tmp_path):
+  folders = empty_folders(tmp_path / "killed")
+  run = train(emulator, "gs://bucket/killed", folders, wait=False)
+  while gcs_emulator.read_object(emulator, BUCKET, "killed/checkpoints/5/commit_success.txt") is None:
+    assert run.poll() is None, run.stdout.read()[-3000:]
+    time.sleep(0.05)
+  time.sleep(random.Random(os.getpid()).uniform(0, 0.5))
+  assert run.poll() is None, "the run ended before it could be killed"
+  run.send_signal(signal.SIGKILL)
+  run.wait()
+
+  resumed = train(emulator, "gs://bucket/killed", folders)
+  assert "resumed from the checkpoint at step 5 in gs://bucket/killed/checkpoints" in resumed.stderr
+  straight, killed = (download(emulator, f"{name}/", tmp_path / name) for name in ("straight", "killed"))
+  assert_states_equal(saved_state(killed, 10), saved_state(straight, 10))
+  jax.tree.map(np.testing.assert_array_equal, load_flav(straight / "export")[1], load_flav(killed / "export")[1])
