@@ -59,7 +59,8 @@ class RollingSampler:
     preroll_steps: N pre-roll steps; default W * S as in the release.
     conditioning: None for joint generation, or a `Conditioning` (audio -> video, video -> audio; its mode).
     stochasticity: s in [0, 1], the share of each frame's noise drawn afresh after every step (`steps.renoise`);
-      0 is the release's plain Euler. With s > 0 windows carry per-stream keys (`Window.noise_key`).
+      0 is the release's plain Euler. With s > 0 windows carry per-stream keys (`Window.noise_key`), as they do
+      for the official audio -> video guidance (`draws_noise`).
     devices: devices to split the streams over; default all local devices. B must be a multiple of their number.
   """
 

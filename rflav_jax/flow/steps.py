@@ -32,8 +32,8 @@ class Window(NamedTuple):
 
   In conditional modes the given modality's slot holds its CLEAN frames and given_noise (same shape)
   the noise eps held for each of them while it stays in the window. noise_key (B,) holds each stream's PRNG
-  key for the noise that steps draw (stochastic steps, official audio -> video; None when none do). The same tree also carries single frames (no W axis) and
-  sequences of frames (n, B, ...), without keys.
+  key for the noise that steps draw (stochastic steps, official audio -> video; None when none do). The same
+  tree also carries single frames (no W axis) and sequences of frames (n, B, ...), without keys.
   """
   v: jax.Array
   a: jax.Array
@@ -172,7 +172,7 @@ def guided_euler_step(velocity_fn: Callable, window: Window, t: jax.Array, dt: j
   given_t = _per_frame(t_b, given) * given + (1.0 - _per_frame(t_b, given)) * input_noise
   target = given - window.given_noise
   streams = batch if num_streams is None else num_streams
-  per_stream = 1.0 / streams if conditioning.mode == "official" else 1.0
+  weight = 1.0 / streams if conditioning.mode == "official" else 1.0  # of each stream's error in J
 
   def guidance_objective(x):
     """(J, the generated modality's velocity)."""
@@ -181,7 +181,7 @@ def guided_euler_step(velocity_fn: Callable, window: Window, t: jax.Array, dt: j
     else:
       vel_given, vel_x = _call(velocity_fn, given_t, x, t_b, labels)
     error = jnp.mean(jnp.square(target - vel_given), axis=tuple(range(1, given.ndim)))
-    return per_stream * jnp.sum(error), vel_x
+    return weight * jnp.sum(error), vel_x
 
   if conditioning.guidance_scale:
     grad, vel_x = jax.grad(guidance_objective, has_aux=True)(x)
