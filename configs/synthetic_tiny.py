@@ -30,8 +30,12 @@ def get_config():
       # Share of each frame's noise drawn afresh after every step (flow/steps.renoise; 0: plain Euler as
       # released). 1 lifts this model's whole-ball frames, gravity, height-pitch r and clicks (README).
       stochasticity=1.0,
-      # "" joint generation; "audio": video for the audio of condition_file; "video": audio for its video
-      condition="", condition_file="", condition_guidance=1.0))
+      # "" joint generation; "audio": video for the audio of condition_file; "video": audio for its video.
+      condition="", condition_file="",
+      # Their gradient guidance: weight (100: the official sampler's) and mode, "official" (the objective averaged
+      # over the streams, fresh noise for the given audio at each rolling step) or "independent" (each given frame's
+      # noise held, streams guided independently); flow/steps.Conditioning, README.
+      condition_guidance=100.0, condition_mode="official"))
   # launch.evaluate --mode=av_metrics: FVD, KVD and FAD of generated_dir's mp4s against real_dir's (eval/av_metrics).
   config.eval = ml_collections.ConfigDict(dict(
       real_dir="", generated_dir="",

@@ -25,7 +25,8 @@ from rflav_jax.build import build, build_video_codec, build_vocoder
 from rflav_jax.flow import schedule
 from rflav_jax.flow.guidance import classifier_free_guidance, model_velocity
 from rflav_jax.flow.progress import CallProgress
-from rflav_jax.flow.sampling import Conditioning, RollingSampler, Window, check_stochasticity
+from rflav_jax.flow.sampling import OFFICIAL_GUIDANCE_SCALE, Conditioning, RollingSampler, Window, check_stochasticity
+from rflav_jax.flow.steps import check_condition_mode
 from rflav_jax.media.align import FrameAligner
 from rflav_jax.models.flav import FLAV
 from rflav_jax.models.flops import forward_flops
@@ -46,13 +47,17 @@ class SamplingOptions:
   steps_per_frame: S, Euler steps per emitted frame (network calls per frame and stream).
   stochasticity: share of each frame's noise drawn afresh after every step (0: plain Euler as released).
   guidance_scale: classifier-free guidance of a class-conditional model (1: none).
-  condition_guidance: weight of the gradient guidance of `video_for` / `audio_for` (0: none).
+  condition_guidance: weight of the gradient guidance of `video_for` / `audio_for` (0: none; 100: the official).
+  condition_mode: how that guidance is formed (`flow.steps.Conditioning`): "official" (the official sampler's:
+    objective averaged over the streams, fresh noise for the given audio at each rolling step) or "independent"
+    (each given frame's noise held, streams guided independently).
   chunk_frames: frames per compiled call of `stream` / `continue_from`, and per chunk they yield.
   """
   steps_per_frame: int = 2
   stochasticity: float = 0.0
   guidance_scale: float = 1.0
-  condition_guidance: float = 1.0
+  condition_guidance: float = OFFICIAL_GUIDANCE_SCALE
+  condition_mode: str = "official"
   chunk_frames: int = 20
 
   def __post_init__(self):
@@ -62,6 +67,7 @@ class SamplingOptions:
     check_stochasticity(self.stochasticity)
     if self.condition_guidance < 0:
       raise ValueError(f"condition_guidance={self.condition_guidance} must be >= 0 (0: no gradient guidance)")
+    check_condition_mode(self.condition_mode, "condition_mode")
 
   @classmethod
   def from_config(cls, sample_config) -> "SamplingOptions":
@@ -201,10 +207,11 @@ class Generator:
     """uint8 video (B, n, H, W, 3) generated for given mel frames (B, L, 10, N) in [-1, 1], with gradient guidance.
 
     Video frame j is made for mel frame j; n = num_frames, default L. The window sees n + W mel frames: those past
-    L are N(0, 1) frames drawn from seed, as the official code does.
+    L are N(0, 1) frames drawn from seed, as the official code does. The guidance is options.condition_mode's, of
+    weight options.condition_guidance.
     """
     scaled = np.asarray(mel, np.float32) * self.vocoder.audio_scale
-    frames = self._given(Conditioning("audio", self.options.condition_guidance), scaled, labels, num_frames, seed)
+    frames = self._given("audio", scaled, labels, num_frames, seed)
     return to_uint8(self.codec.decode(np.asarray(frames)))
 
   def audio_for(self, video, labels, num_frames: int | None = None, *, seed: int = 0,
@@ -212,8 +219,7 @@ class Generator:
     """(mel (B, n, 10, N) in [-1, 1], wav (B, n * 1600) or None without vocode) generated for given uint8 video
     frames (B, L, H, W, 3) at the codec's resolution; the mirror of `video_for`."""
     given = self.codec.encode(np.asarray(video))
-    mel = np.asarray(self._given(Conditioning("video", self.options.condition_guidance), given, labels, num_frames,
-                                 seed))
+    mel = np.asarray(self._given("video", given, labels, num_frames, seed))
     wav = np.concatenate(list(self.vocoder.stream([mel])), axis=1) if vocode else None
     return mel / self.vocoder.audio_scale, wav
 
@@ -272,14 +278,16 @@ class Generator:
       total = None if num_frames is None else self.num_calls(num_frames, mode)
       self.progress.begin(total, preroll, sampler.num_devices)
 
-  def _given(self, conditioning: Conditioning, given, labels, num_frames: int | None, seed: int) -> jax.Array:
-    """The generated modality's frames (B, n, ...) for the given one's model-space frames (B, L, ...)."""
+  def _given(self, modality: str, given, labels, num_frames: int | None, seed: int) -> jax.Array:
+    """The generated modality's frames (B, n, ...) for the given `modality`'s model-space frames (B, L), guided as
+    the options say."""
     network_labels, batch = self._labels(labels)
     if len(given) != batch:
       raise ValueError(f"{len(given)} given clips for {batch} labels: pass one label per clip")
     num_frames = len(given[0]) if num_frames is None else num_frames
     key_init, key = jax.random.split(jax.random.key(seed))
-    generated = "video" if conditioning.given == "audio" else "audio"
+    conditioning = Conditioning(modality, self.options.condition_guidance, self.options.condition_mode)
+    generated = "video" if modality == "audio" else "audio"
     sampler = self._sampler(batch, conditioning)
     self._begin("video_for" if generated == "video" else "audio_for", sampler, num_frames)
     return sampler.generate_given(self._noise_window(key_init, generated, batch), given, num_frames, key=key,

@@ -41,7 +41,8 @@ def sample(config, output_dir: str | os.PathLike) -> list[epath.Path]:
 
   config.sample.condition selects joint generation ("", streamed chunk by chunk), video for the audio of
   config.sample.condition_file ("audio") or audio for its video ("video"), with gradient guidance of scale
-  config.sample.condition_guidance; the given modality is written unchanged beside the generated one.
+  config.sample.condition_guidance in config.sample.condition_mode ("official" or "independent", see
+  `flow.steps.Conditioning`); the given modality is written unchanged beside the generated one.
   """
   given = _read_inputs(config.sample)
   generator = Generator.from_config(config, progress=CallProgress())

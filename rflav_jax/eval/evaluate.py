@@ -1,7 +1,9 @@
 """Figures (synthetic_av) of bouncing-ball streams: generated jointly, rolled on from a real clip's first window
 (continuation), video for a real clip's sound, sound for a real clip's video, or real clips themselves as the
-reference. Real clips come from data.synthetic with (seed = config.seed + 1, index = stream), so they are never
-the clips a model trained on (seed 0).
+reference. Video for sound and sound for video are guided as config.sample.condition_mode and condition_guidance
+say (e.g. `--config.sample.condition_mode=independent --config.sample.condition_guidance=1`), which their results
+record. Real clips come from data.synthetic with (seed = config.seed + 1, index = stream), so they are never the
+clips a model trained on (seed 0).
 """
 import time
 
@@ -43,6 +45,8 @@ def evaluate(config, mode: str, seconds: float, segment_seconds: float, streams:
   generator = None if mode == "real" else Generator.from_config(config)
   conditional = generator is not None and generator.model.num_classes
   label = config.sample.label if conditional else None
+  guided = mode in ("audio_to_video", "video_to_audio")
+  guidance = {name: config.sample[name] for name in ("condition_mode", "condition_guidance")} if guided else {}
   results, start = [], time.perf_counter()
   for stream in range(streams):
     if mode == "joint":
@@ -66,7 +70,7 @@ def evaluate(config, mode: str, seconds: float, segment_seconds: float, streams:
         mel = generator.audio_for(clip.video[None], labels, num_frames, seed=config.seed, vocode=False)[0][0]
         video = clip.video[:num_frames]
     for index, figures in enumerate(synthetic_av.stream_figures(video, mel, segment)):
-      results.append({"mode": mode, "stream": stream, "segment": index, "label": wanted, **figures})
+      results.append({"mode": mode, **guidance, "stream": stream, "segment": index, "label": wanted, **figures})
     elapsed = time.perf_counter() - start
     logging.info("%s: stream %d/%d measured, %.1f s so far, ETA %.0f s", mode, stream + 1, streams, elapsed,
                  elapsed / (stream + 1) * (streams - stream - 1))

@@ -60,10 +60,12 @@ class Plan:
     return self.preroll_steps or window_size * self.steps_per_frame
 
 
-def _step(velocity_fn, plan: Plan, labels, window, t, dt) -> Window:
+def _step(velocity_fn, plan: Plan, labels, window, t, dt, rolling: bool) -> Window:
+  """One step of this device's streams; a guided step averages over all of them (B = local streams x devices)."""
   if plan.conditioning is None:
     return euler_step(velocity_fn, window, t, dt, labels, plan.stochasticity)
-  return guided_euler_step(velocity_fn, window, t, dt, plan.conditioning, labels, plan.stochasticity)
+  return guided_euler_step(velocity_fn, window, t, dt, plan.conditioning, labels, plan.stochasticity,
+                           rolling=rolling, num_streams=window.v.shape[0] * plan.mesh.size)
 
 
 def _preroll(velocity_fn, plan: Plan, labels, window: Window) -> Window:
@@ -74,7 +76,7 @@ def _preroll(velocity_fn, plan: Plan, labels, window: Window) -> Window:
   def body(window, i):
     t = schedule.preroll_times(i, num_steps, frames)
     dt = schedule.preroll_step_sizes(i, num_steps, frames)
-    return _step(velocity_fn, plan, labels, window, t, dt), None
+    return _step(velocity_fn, plan, labels, window, t, dt, rolling=False), None
 
   return lax.scan(body, window, jnp.arange(num_steps))[0]
 
@@ -86,7 +88,7 @@ def _roll(velocity_fn, plan: Plan, labels, window: Window) -> Window:
 
   def body(window, i):
     t = schedule.rolling_times(i, steps_per_frame, frames)
-    return _step(velocity_fn, plan, labels, window, t, dt), None
+    return _step(velocity_fn, plan, labels, window, t, dt, rolling=True), None
 
   return lax.scan(body, window, jnp.arange(steps_per_frame))[0]
 

@@ -7,9 +7,10 @@ A velocity function maps a window and its per-frame times to velocities (see `st
 than constants baked into them.
 
 Random draws: stream b draws the fresh frame appended after its j-th emitted frame (video and mel values from one
-normal draw) from fold_in(keys[b], j), keys = jax.random.split(key, B); stochastic steps draw from per-stream keys
-carried in the window (`steps.step_noise_keys(key, B)`). So results do not depend on how the streams are spread
-over devices, and a stream cut into chunks equals one long call. Every fresh frame can be passed in instead.
+normal draw) from fold_in(keys[b], j), keys = jax.random.split(key, B); stochastic steps and the official audio ->
+video guidance draw from per-stream keys carried in the window (`steps.step_noise_keys(key, B)`). So results do not
+depend on how the streams are spread over devices, and a stream cut into chunks equals one long call. Every fresh
+frame can be passed in instead. (The official guidance, averaged over the B streams, does depend on B.)
 """
 import functools
 import itertools
@@ -23,10 +24,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rflav_jax.flow import programs
 from rflav_jax.flow.programs import BATCH, SEQUENCE, STREAMS
-from rflav_jax.flow.steps import Conditioning, Window, check_stochasticity, step_noise_keys
+from rflav_jax.flow.steps import (CONDITION_MODES, OFFICIAL_GUIDANCE_SCALE, Conditioning, Window, check_stochasticity,
+                                  step_noise_keys)
 
-__all__ = ["Conditioning", "RollingSampler", "Window", "check_stochasticity", "generate", "generate_audio_from_video",
-           "generate_video_from_audio"]
+__all__ = ["CONDITION_MODES", "Conditioning", "OFFICIAL_GUIDANCE_SCALE", "RollingSampler", "Window",
+           "check_stochasticity", "generate", "generate_audio_from_video", "generate_video_from_audio"]
 
 
 def _check_window(init: Window) -> tuple[int, int]:
@@ -55,9 +57,10 @@ class RollingSampler:
     velocity_fn: see `rflav_jax.flow.steps`.
     steps_per_frame: S, Euler steps per emitted frame (2 in the release).
     preroll_steps: N pre-roll steps; default W * S as in the release.
-    conditioning: None for joint generation, or a `Conditioning` (audio -> video, video -> audio).
+    conditioning: None for joint generation, or a `Conditioning` (audio -> video, video -> audio; its mode).
     stochasticity: s in [0, 1], the share of each frame's noise drawn afresh after every step (`steps.renoise`);
-      0 is the release's plain Euler. With s > 0 windows carry per-stream keys (`Window.noise_key`).
+      0 is the release's plain Euler. With s > 0 windows carry per-stream keys (`Window.noise_key`), as they do
+      for the official audio -> video guidance (`draws_noise`).
     devices: devices to split the streams over; default all local devices. B must be a multiple of their number.
   """
 
@@ -98,13 +101,27 @@ class RollingSampler:
       raise ValueError(f"labels have shape {labels.shape}; expected one class label per stream, (B,) = ({batch},)")
     return self._place(labels, BATCH, batch)
 
+  @property
+  def draws_noise(self) -> bool:
+    """Whether steps draw noise (stochasticity > 0, or `Conditioning.fresh_given_noise`): windows then carry one
+    PRNG key per stream (`Window.noise_key`)."""
+    conditioning = self.plan.conditioning
+    return self.plan.stochasticity > 0 or (conditioning is not None and conditioning.fresh_given_noise)
+
+  def _noise_drawer(self) -> str:
+    if self.plan.stochasticity > 0:
+      return f"stochasticity={self.plan.stochasticity}"
+    return "the official audio -> video guidance (Conditioning mode 'official')"
+
   def _check_mode(self, window: Window):
     if (self.plan.conditioning is None) != (window.given_noise is None):
       raise ValueError("given_noise must be set exactly when the sampler has a Conditioning; use "
                        "generate_video_from_audio / generate_audio_from_video for conditional generation")
-    if (self.plan.stochasticity > 0) != (window.noise_key is not None):
-      raise ValueError(f"the sampler has stochasticity={self.plan.stochasticity}: a window carries noise_key (one "
-                       "key per stream, from step_noise_keys) exactly when it is above 0")
+    if self.draws_noise != (window.noise_key is not None):
+      raise ValueError(f"the sampler has stochasticity={self.plan.stochasticity} and conditioning "
+                       f"{self.plan.conditioning}: a window carries noise_key (one key per stream, from "
+                       "step_noise_keys) exactly when its steps draw noise (stochasticity > 0 or official audio -> "
+                       "video)")
 
   def start(self, init: Window, labels=None) -> Window:
     """Pre-rolls a pure-noise window (frame k then at time 1 - k / W; frame 0 is the next to be emitted)."""
@@ -203,11 +220,11 @@ class RollingSampler:
     return frames_v if audio_given else frames_a
 
   def with_noise_keys(self, init: Window, key: jax.Array | None) -> Window:
-    """init with the stochastic steps' keys drawn from key (`step_noise_keys`) when the sampler needs them."""
-    if not self.plan.stochasticity:
+    """init with the keys of the noise its steps draw, from key (`step_noise_keys`), when the sampler needs them."""
+    if not self.draws_noise:
       return init
     if key is None:
-      raise ValueError(f"stochasticity={self.plan.stochasticity} draws noise at every step: pass a key")
+      raise ValueError(f"{self._noise_drawer()} draws noise at every step: pass a key")
     return init._replace(noise_key=step_noise_keys(key, init.v.shape[0]))
 
   def fresh_frames(self, stream_keys: jax.Array, first: int, num_frames: int, frame_v: tuple, frame_a: tuple):
@@ -295,7 +312,8 @@ def generate(velocity_fn: Callable, init_v: jax.Array, init_a: jax.Array, num_fr
 
 
 def generate_video_from_audio(velocity_fn: Callable, init_v: jax.Array, audio: jax.Array, num_frames: int,
-                              steps_per_frame: int, *, guidance_scale: float = 1.0, noise_v: jax.Array | None = None,
+                              steps_per_frame: int, *, guidance_scale: float = OFFICIAL_GUIDANCE_SCALE,
+                              mode: str = "official", noise_v: jax.Array | None = None,
                               given_noise: jax.Array | None = None, key: jax.Array | None = None, labels=None,
                               preroll_steps: int | None = None, stochasticity: float = 0.0,
                               devices: Sequence[Any] | None = None) -> jax.Array:
@@ -306,31 +324,39 @@ def generate_video_from_audio(velocity_fn: Callable, init_v: jax.Array, audio: j
     audio: given mel frames (B, L, F, N), L >= num_frames; video frame j is generated for audio frame j.
       The window sees num_frames + W audio frames; missing ones are N(0, 1) frames drawn from key
       (as in the official code).
-    guidance_scale: weight of the gradient guidance (see `steps.guided_euler_step`); 0 disables it.
+    guidance_scale: weight of the gradient guidance (see `steps.guided_euler_step`); 0 disables it. 100 is the
+      official sampler's.
+    mode: "official" (the official sampler's guidance: the objective averaged over the B streams, fresh input
+      noise for the audio at every rolling step, drawn from key) or "independent" (each audio frame's noise held,
+      streams guided independently); see `steps.Conditioning`.
     noise_v: (num_frames, B, H, Wd, C) fresh video frames, as in `generate`; drawn from key when not given.
     given_noise: (B, num_frames + W, F, N) noise eps of each audio frame, held while the frame is in the
-      window (the official rolling phase re-draws the input noise at every step but keeps eps in the
-      guidance target; holding it keeps both consistent, as the official pre-roll does). Drawn from key.
+      window: the guidance target's noise in both modes, and the network input's except at the official mode's
+      rolling steps. Drawn from key when not given.
     Other arguments as in `generate`; stochasticity redraws noise of the generated modality only.
   """
   sampler = RollingSampler(velocity_fn, steps_per_frame, preroll_steps=preroll_steps,
-                           conditioning=Conditioning("audio", guidance_scale), stochasticity=stochasticity,
+                           conditioning=Conditioning("audio", guidance_scale, mode), stochasticity=stochasticity,
                            devices=devices)
   return sampler.generate_given(init_v, audio, num_frames, noise=noise_v, given_noise=given_noise, key=key,
                                 labels=labels)
 
 
 def generate_audio_from_video(velocity_fn: Callable, init_a: jax.Array, video: jax.Array, num_frames: int,
-                              steps_per_frame: int, *, guidance_scale: float = 1.0, noise_a: jax.Array | None = None,
+                              steps_per_frame: int, *, guidance_scale: float = OFFICIAL_GUIDANCE_SCALE,
+                              mode: str = "official", noise_a: jax.Array | None = None,
                               given_noise: jax.Array | None = None, key: jax.Array | None = None, labels=None,
                               preroll_steps: int | None = None, stochasticity: float = 0.0,
                               devices: Sequence[Any] | None = None) -> jax.Array:
   """Video -> audio: mel frames (B, num_frames, F, N) for the given video frames (B, L, H, Wd, C).
 
-  The mirror of `generate_video_from_audio`; given_noise is (B, num_frames + W, H, Wd, C).
+  The mirror of `generate_video_from_audio`; given_noise is (B, num_frames + W, H, Wd, C). Here the official
+  sampler holds each video frame's noise in both phases, so for B = 1 the modes differ only in their scale. (Past
+  the end of the given video the official code's window noise becomes the video frames themselves, a slip that
+  neither mode copies: both pad with N(0, 1) frames and noise as audio -> video does.)
   """
   sampler = RollingSampler(velocity_fn, steps_per_frame, preroll_steps=preroll_steps,
-                           conditioning=Conditioning("video", guidance_scale), stochasticity=stochasticity,
+                           conditioning=Conditioning("video", guidance_scale, mode), stochasticity=stochasticity,
                            devices=devices)
   return sampler.generate_given(init_a, video, num_frames, noise=noise_a, given_noise=given_noise, key=key,
                                 labels=labels)
