@@ -167,6 +167,8 @@ class _Records(Sequence):
     return len(self._records)
 
   def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < len(self._records):
+      raise IndexError(f"record {index} of {len(self._records)}")
     return flax.serialization.msgpack_restore(self._records[index])
 
 
