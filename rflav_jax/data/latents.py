@@ -89,8 +89,8 @@ def check_made_by(info: LatentsInfo, folder: str, vae: str, vae_folder: str) -> 
   if info.vae != vae or info.latent_scale != LATENT_SCALE:
     raise ValueError(f"the latents in {folder} were made by VAE {info.vae} at latent scale {info.latent_scale}, but "
                      f"config.codec.checkpoint={vae_folder} is VAE {vae} at scale {LATENT_SCALE}; point "
-                     "config.codec.checkpoint at the VAE that made them, or encode the dataset again with "
-                     "`python -m launch.prepare_data --dataset_dir=... --sdvae=... --latents_dir=...` into a new folder")
+                     "config.codec.checkpoint at the VAE that made them, or encode the dataset again into a new "
+                     "folder with `python -m launch.prepare_data --dataset_dir=... --sdvae=... --latents_dir=...`")
 
 
 def encode_dataset(source: Source, model: AutoencoderKL, params, vae: str, latents_dir: str | os.PathLike, *,
