@@ -11,6 +11,7 @@ Resume order: (1) the newest complete checkpoint's step; (2) its stored model ar
 input from that step on (the data order is fixed by (seed, step), see data.pipeline); (5) the update's
 randomness fold_in(rng, step) comes from the restored state.
 """
+import itertools
 import os
 import pathlib
 import signal
@@ -158,11 +159,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if is_main:
     (workdir / "config.json").write_text(config_json)
 
-  # Input from the state's step on, read and placed on the devices while the step before runs; the first batch is
-  # checked against the model before anything compiles.
+  # Input from the state's step on; the first batch is checked against the model before anything compiles. Later
+  # batches are read and placed on the devices while the step before runs.
   codec = build_video_codec(config.codec, model)
-  batches = train_input.prefetch_to_devices(
-      train_input.host_batches(config, model, train_input.data_source(config.data), codec, first_step), mesh)
+  host_batches = train_input.host_batches(config, model, train_input.data_source(config.data), codec, first_step)
+  first_batch = next(host_batches)
+  train_input.check_batch(first_batch, model, config)
+  batches = train_input.prefetch_to_devices(itertools.chain([first_batch], host_batches), mesh)
 
   # The update, compiled once: state donated, batch split over all devices.
   step_fn = jax.jit(
