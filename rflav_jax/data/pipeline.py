@@ -78,9 +78,9 @@ class Source:
       self._arrays = None
       self.features = tuple(name for name in _KNOWN if name in self._examples[0])
     has = set(self.features)
-    missing = [what for what, present in (("label", "label" in has), ("video (or latent_mean and latent_std)",
-                                          "video" in has or has >= set(LATENT_FEATURES)), ("mel or audio",
-                                          bool(has & {"mel", "audio"}))) if not present]
+    needs = {"label": "label" in has, "video (or latent_mean and latent_std)": "video" in has or
+             has >= set(LATENT_FEATURES), "mel or audio": bool(has & {"mel", "audio"})}
+    missing = [what for what, present in needs.items() if not present]
     if missing:
       raise ValueError(f"the source lacks {' and '.join(missing)}: its examples hold {sorted(has)}; pass e.g. "
                        "synthetic.synthetic_dataset(...), a TFDS builder of launch.prepare_data or cached latents")
@@ -206,7 +206,8 @@ def _read_batch(source: Source, step: int, *, global_batch_size: int, seed: int,
   frames = window_frames or source.num_frames
   offsets = window_offsets(positions, seed, source.num_frames, frames) if window_frames else [0] * len(indices)
   crop = lambda x, per_frame=1: np.stack([x[b, o * per_frame:(o + frames) * per_frame] for b, o in enumerate(offsets)])
-  out = {name: crop(batch[name]).astype(np.float32) for name in _PER_FRAME if name in batch}
+  cut = [name for name in _PER_FRAME if name in batch and not (name == "mel" and samples_per_frame)]
+  out = {name: crop(batch[name]).astype(np.float32) for name in cut}
   if "video" in out:
     out["video"] = out["video"] / 127.5 - 1.0
   if samples_per_frame:  # each window's mel from its own audio
