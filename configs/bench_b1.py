@@ -31,6 +31,15 @@ def get_config(card: str = "h100"):
   config.iters = 10
   config.warmup = 2
   config.repeats = 3
+  # The training input that `--only=input` times (a training config's fields, rflav_jax.train.input): by default the
+  # bouncing-ball set in memory, clips of the official 50 frames, each window's mel from its own audio, pixel frames
+  # (no VAE). A real dataset: source="tfds" and dataset_dir, with codec.kind="sdvae" and codec.checkpoint to encode
+  # in the input, or source="latents" and latents_dir for cached latents.
+  config.data = ml_collections.ConfigDict(dict(
+      source="synthetic", num_clips=32, clip_frames=50, resolution=64, seed=0, data_dir="", dataset_dir="",
+      latents_dir="", split="train", mel_per_window=True))
+  config.codec = ml_collections.ConfigDict(dict(kind="pixel", checkpoint=""))
+  config.audio_scale = 1.0
   # Persistent compilation cache folder ("" = off, so that compile times are measured cold).
   config.compilation_cache_dir = ""
   # Compute ceilings, TFLOP/s: bf16 as measured on an 8192^3 matmul (as measured beside the official code; the H100's spec sheet says

@@ -25,6 +25,7 @@ def get_config(variant: str = ""):
                         n_mels=32)
     config.update(forward_batch=1, train_batch=1, streams=1, steps_per_frame=1, rolling_frames=2, clip_frames=2,
                   matmul_size=256, iters=1, warmup=1, repeats=1)
+    config.data.update(num_clips=4, clip_frames=6, resolution=32)
   elif variant:
     raise ValueError(f"configs/bench_cpu.py:{variant}: the only variant is 'short'")
   return config

@@ -2,7 +2,7 @@ r"""FLAV-XL/2 on a TPU pod slice (or several GPU hosts): parameters and optimize
 
   # on every host of the slice, the same command:
   python -m launch.train --config=configs/train_flav_xl_pod.py --workdir=gs://bucket/xl --multihost \
-      --config.data.dataset_dir=/data/tfds/av_folder/aist_r256_fps10_t50_labelled/1.0.0 \
+      --config.data.dataset_dir=/data/tfds/av_folder/aist_r256_fps10_t50_labelled/1.1.0 \
       --config.codec.checkpoint=converted/sdvae
 
 The mesh is (devices / fsdp, fsdp): each group of `fsdp` devices holds one copy of the weights split among

@@ -28,8 +28,10 @@ def get_config(variant: str = ""):
 
   # Data: the bouncing-ball set in memory; each step sees random 10-frame windows of 16-frame clips.
   config.data = ml_collections.ConfigDict(dict(
-      source="synthetic",  # "synthetic" | "synthetic_tfds" (written under data_dir) | "tfds" (dataset_dir)
-      num_clips=2048, clip_frames=16, resolution=32, seed=0, data_dir="", dataset_dir="", split="train"))
+      source="synthetic",  # "synthetic" | "synthetic_tfds" (under data_dir) | "tfds" (dataset_dir) | "latents"
+      num_clips=2048, clip_frames=16, resolution=32, seed=0, data_dir="", dataset_dir="", split="train",
+      latents_dir="",  # cached latents (`launch.prepare_data --sdvae`) with source="latents"
+      mel_per_window=False))  # True: each window's mel from its own audio (official); False: cut from the clip's
 
   # AdamW as released, with a warm-up and a cosine decay for a short run. At lr 1e-3 this model
   # diverged after ~150 steps: the cross-modal modulation (each branch's MLP scaled by a linear map of the other

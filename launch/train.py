@@ -2,7 +2,7 @@ r"""Trains FLAV with the rolling flow loss; the same command resumes.
 
   python -m launch.train --config=configs/train_synthetic_tiny.py --workdir=workdir/tiny
   python -m launch.train --config=configs/train_flav_b1.py:aist --workdir=gs://bucket/aist \
-      --config.data.dataset_dir=/data/tfds/av_folder/aist_r256_fps10_t50_labelled/1.0.0
+      --config.data.dataset_dir=/data/tfds/av_folder/aist_r256_fps10_t50_labelled/1.1.0
 
 Every config field can be overridden (--config.optim.lr=3e-4). Several processes (a TPU pod, several GPU
 hosts) run the same command on every host, with --multihost (cluster environments) or with

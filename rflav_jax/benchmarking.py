@@ -10,7 +10,7 @@ measurement the time spent tracing, lowering and compiling its programs, and its
 import contextlib
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from rflav_jax import profiling
+from rflav_jax.build import build_video_codec
 from rflav_jax.codecs.pixel import PixelCodec
 from rflav_jax.codecs.vocoder import MelVocoder
 from rflav_jax.flow.guidance import model_velocity
@@ -25,13 +26,13 @@ from rflav_jax.flow.sampling import RollingSampler, Window
 from rflav_jax.generator import Generator, SamplingOptions
 from rflav_jax.models.flav import FLAV
 from rflav_jax.models.flops import forward_flops, train_step_flops
-from rflav_jax.train import optimizer as train_optimizer
+from rflav_jax.train import input as train_input, optimizer as train_optimizer, parallel
 from rflav_jax.train.state import create_train_state, ema_decay_fn
 from rflav_jax.train.step import COMPILER_OPTIONS, make_train_step
 
 # The headline figure of each measurement and its name in a reference (config.reference.<dtype>).
 HEADLINE = {"forward": "samples_per_s", "rolling": "frames_per_s", "clip": "frames_per_s", "train": "samples_per_s",
-            "matmul": "tflop_per_s"}
+            "matmul": "tflop_per_s", "input": "batches_per_s"}
 # jax.monitoring duration events of making a program -> our field.
 _COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
                    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
@@ -163,9 +164,27 @@ def train_step(model: FLAV, params, batch: int, iters: int, warmup: int = 2, rep
     return metrics["loss"]
 
   seconds = (timer or Timer()).median_seconds(run, iters, warmup, repeats)
-  return {"batch": batch, "accumulate_steps": accumulate_steps, "remat": model.remat,
+  return {"batch": batch, "accumulate_steps": accumulate_steps, "steps_per_s": 1 / seconds, "remat": model.remat,
           "remat_policy": model.remat_policy if model.remat else None, "samples_per_s": batch / seconds,
           "tflop_per_s": train_step_flops(model, batch) / seconds / 1e12, "program_gb": _program_gb(compiled)}
+
+
+def input_batches(config, model: FLAV, batch: int) -> Iterator[dict]:
+  """The trainer's input of config.data (with config.codec and config.audio_scale, as in a training config) for
+  `model`'s window, `batch` examples a step, prefetched to all devices as global batches (rflav_jax.train.input)."""
+  train_config = ml_collections.ConfigDict({"data": config.data, "codec": config.codec,
+                                            "audio_scale": config.audio_scale, "train": {"batch_size": batch}})
+  codec = build_video_codec(config.codec, model)
+  host_batches = train_input.host_batches(train_config, model, train_input.data_source(config.data), codec, 0)
+  return train_input.prefetch_to_devices(host_batches, parallel.make_mesh(1))
+
+
+def input_pipeline(batches: Iterator[dict], batch: int, iters: int, warmup: int = 2, repeats: int = 3,
+                   timer: Timer | None = None) -> dict:
+  """The input alone, as fast as it goes: global batches taken from `batches` (e.g. `input_batches`), batches/s and
+  samples/s, to set beside the training step's steps/s."""
+  seconds = (timer or Timer()).median_seconds(lambda: next(batches), iters, warmup, repeats)
+  return {"batch": batch, "batches_per_s": 1 / seconds, "samples_per_s": batch / seconds}
 
 
 def matmul(dtype, size: int, iters: int, warmup: int = 2, repeats: int = 3, timer: Timer | None = None) -> dict:

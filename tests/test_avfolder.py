@@ -121,6 +121,23 @@ def test_pipeline_reads_the_built_dataset(built):
   assert batch["mel"].min() >= -3.5 - 1e-5 and batch["mel"].max() > 1.0  # scaled from [-1, 1]
 
 
+def test_clips_keep_their_audio_and_training_windows_take_their_mel_from_it(built, source_dir):
+  report, _ = built
+  examples = {(e["source"].decode(), round(float(e["start"]), 3)): e for e in examples_of(report, "train")}
+  clip = read_clip(source_dir / "train/aist/aist_video0.mp4", resolution=RESOLUTION)
+  np.testing.assert_array_equal(examples[("train/aist/aist_video0.mp4", 0.8)]["audio"],
+                                clip.audio[CLIP_FRAMES * 1600:2 * CLIP_FRAMES * 1600])
+  builder = tfds.builder_from_directory(report.dataset_dir)
+  batch = next(pipeline.make_pipeline(builder, global_batch_size=4, seed=2, window_frames=3, mel_per_window=True,
+                                      audio_scale=3.5, process_index=0, process_count=1, local_device_count=1))
+  source = builder.as_data_source(split="train")
+  positions = pipeline.host_batch_positions(0, 4, 0, 1)
+  indices = pipeline.epoch_order(len(source), 2, 0)[positions]
+  for mel, index, start in zip(batch["mel"], indices, pipeline.window_offsets(positions, 2, CLIP_FRAMES, 3)):
+    samples = source[int(index)]["audio"][start * 1600:(start + 3) * 1600]  # the window's own audio
+    np.testing.assert_allclose(mel, 3.5 * frames_from_mel(mel_from_waveform(samples)), atol=1e-5)
+
+
 def test_a_folder_without_usable_files_fails_naming_them(tmp_path):
   (tmp_path / "src/train/cls").mkdir(parents=True)
   (tmp_path / "src/train/outside.mp4").symlink_to(media_file("aist_video0.mp4"))

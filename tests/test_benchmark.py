@@ -120,3 +120,19 @@ def test_benchmark_command_reports_flops_mfu_compile_times_and_memory(tmp_path):
   assert again["cache_hits"] >= 1 and again["compile_s"] < results["forward"]["compile_s"]
   assert again["profile"]["kinds"]["matmul"] > 0 and f"profile of forward (traces in {tmp_path / 'profile'}" in stdout
   assert list((tmp_path / "profile" / "forward").glob("**/perfetto_trace.json.gz"))
+
+
+@pytest.mark.slow
+def test_input_alone_is_timed_in_global_batches_of_the_configs_data():
+  from configs import bench_cpu  # pylint: disable=g-import-not-at-top
+  config = bench_cpu.get_config("short")
+  model = flav_from_preset("FLAV-B/1").clone(predict_frames=4)  # the input cuts the model's window
+  batches = benchmarking.input_batches(config, model, batch=2)
+  first = next(batches)
+  assert first["video"].shape == (2, 4, 32, 32, 3) and first["mel"].shape == (2, 4, 10, 256)
+  assert isinstance(first["video"], jax.Array)
+  result = benchmarking.measure(lambda timer: benchmarking.input_pipeline(batches, 2, iters=2, warmup=1, repeats=1,
+                                                                          timer=timer))
+  assert result["batches_per_s"] > 0 and result["samples_per_s"] == pytest.approx(2 * result["batches_per_s"])
+  assert len(result["repeat_seconds"]) == 1
+  batches.close()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import load_fixture
+from rflav_jax.codecs.audio import frames_from_mel, mel_from_waveform
 from rflav_jax.codecs.sdvae import LATENT_SCALE, SdVaeCodec
 from rflav_jax.convert.sdvae import sdvae_from_diffusers
 from rflav_jax.data import pipeline, synthetic, synthetic_tfds
@@ -182,3 +183,38 @@ def test_windows_are_fixed_by_seed_and_step_whatever_the_host_count():
   assert windows_seen(data, steps=4, start_step=8) == straight[32:]  # resuming at step 8
   two_hosts = [windows_seen(data, steps=12, process_index=i, process_count=2) for i in range(2)]
   assert [w for step in range(12) for host in two_hosts for w in host[2 * step:2 * step + 2]] == straight
+
+
+def audio_clips(num_clips: int, frames: int, with_mel: bool = True) -> dict[str, np.ndarray]:
+  """numbered_clips with a waveform of 1600 samples per frame whose loudness differs from frame to frame, so that
+  a window's peak normalisation differs from its clip's."""
+  data = numbered_clips(num_clips, frames)
+  rng = np.random.default_rng(0)
+  loudness = np.repeat(rng.uniform(500, 20000, (num_clips, frames)), 1600, axis=1)
+  data["audio"] = (rng.standard_normal((num_clips, frames * 1600)) * loudness).astype(np.float32)
+  data["mel"] = np.stack([frames_from_mel(mel_from_waveform(audio)) for audio in data["audio"]])  # the clip's
+  if not with_mel:
+    del data["mel"]
+  return data
+
+
+@pytest.mark.parametrize("with_mel", [True, False])
+def test_mel_per_window_is_the_front_end_on_the_window_audio(with_mel):
+  """Each window's mel is mel_from_waveform of the window's own samples (normalised over the window, as the official
+  code does), times audio_scale; a source without mel computes it from the audio always."""
+  data = audio_clips(3, 8, with_mel)
+  batches = one_pass(data, global_batch_size=3, window_frames=3, mel_per_window=with_mel, audio_scale=2.0)
+  for batch in batches:
+    clips = np.round((batch["video"][:, 0, 0, 0, 0] + 1.0) * 127.5).astype(int)
+    starts = np.round((batch["video"][:, 0, 0, 0, 1] + 1.0) * 127.5).astype(int)
+    for mel, clip, start in zip(batch["mel"], clips, starts):
+      samples = data["audio"][clip, start * 1600:(start + 3) * 1600]
+      np.testing.assert_allclose(mel, 2.0 * frames_from_mel(mel_from_waveform(samples)), atol=1e-5)
+  if with_mel:  # cut from the clip's mel instead: other values
+    cut = one_pass(data, global_batch_size=3, window_frames=3, audio_scale=2.0)
+    assert np.abs(cut[0]["mel"] - batches[0]["mel"]).max() > 0.1
+
+
+def test_mel_per_window_needs_the_audio():
+  with pytest.raises(ValueError, match="mel_per_window needs the clips' audio"):
+    one_pass(numbered_clips(4, 8), mel_per_window=True)

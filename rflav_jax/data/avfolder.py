@@ -14,6 +14,8 @@ at stride 1. Examples:
   video:  uint8 (T, R, R, 3)        T = clip_frames, R = resolution
   mel:    float32 (T, F, 256)       the official front end on the clip's own audio (normalised per clip),
                                     F = 16000 / fps / 160 columns (10 at 10 fps)
+  audio:  float32 (T * S,)          the clip's mono waveform at 16 kHz in int16 scale, S = 16000 / fps samples
+                                    per frame: training computes each window's mel from it (data.pipeline)
   label:  int64                     class index, or -1 when the dataset is unlabelled
   source: str                       the file's path relative to source_dir
   start:  float32                   the clip's start time in the file, seconds
@@ -99,8 +101,8 @@ class BuildReport:
 
 class AvFolder(tfds.core.GeneratorBasedBuilder):
   """Audio-video examples cut from a local folder of media files (module docstring)."""
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "The clips' audio, for each training window's own mel."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = ("Pass the folder holding train/ and test/ as "
                                   "download_config=tfds.download.DownloadConfig(manual_dir=...); "
                                   "build_avfolder does this for you.")
@@ -116,6 +118,8 @@ class AvFolder(tfds.core.GeneratorBasedBuilder):
                                           encoding=tfds.features.Encoding.ZLIB),
             "mel": tfds.features.Tensor(shape=(frames, config.mel_columns_per_frame, MelParams().n_mels),
                                         dtype=np.float32),
+            "audio": tfds.features.Tensor(shape=(frames * samples_per_frame(config.fps, SAMPLE_RATE),),
+                                          dtype=np.float32),
             "label": label,
             "source": tfds.features.Text(),
             "start": tfds.features.Scalar(dtype=np.float32, doc="start time in the source file, seconds"),
@@ -162,9 +166,9 @@ class AvFolder(tfds.core.GeneratorBasedBuilder):
         continue
       self.files_used[split] += 1
       label = _label(path.relative_to(source_dir / split), config)
-      for start_frame, video, mel in clips:
-        yield f"{relative}@{start_frame}", {"video": video, "mel": mel, "label": label, "source": relative,
-                                            "start": start_frame / config.fps}
+      for start_frame, video, audio, mel in clips:
+        yield f"{relative}@{start_frame}", {"video": video, "mel": mel, "audio": audio, "label": label,
+                                            "source": relative, "start": start_frame / config.fps}
 
 
 def build_avfolder(source_dir: str | os.PathLike, data_dir: str | os.PathLike, *, resolution: int = 256,
@@ -172,7 +176,7 @@ def build_avfolder(source_dir: str | os.PathLike, data_dir: str | os.PathLike, *
                    name: str | None = None) -> BuildReport:
   """Builds (once) the TFDS dataset of `source_dir` under `data_dir` and returns its BuildReport.
 
-  The dataset lands in data_dir/av_folder/<config name>/1.0.0, the config name being
+  The dataset lands in data_dir/av_folder/<config name>/1.1.0, the config name being
   `<name>_r<resolution>_fps<fps>_t<clip_frames>_<labelled|unlabelled>`; `name` defaults to the source
   folder's name. Load it with `tfds.builder_from_directory(report.dataset_dir)` (or pass that builder to
   pipeline.make_pipeline). A dataset already built is not rebuilt; its saved report is returned. `data_dir` may be
@@ -245,8 +249,10 @@ def _label(path_in_split: pathlib.Path, config: AvFolderConfig) -> int:
   return config.class_names.index(path_in_split.parts[0]) if config.labelled else UNLABELLED
 
 
-def _clips_of_file(path: pathlib.Path, config: AvFolderConfig) -> list[tuple[int, np.ndarray, np.ndarray]]:
-  """[(start frame, video uint8 (T, R, R, 3), mel float32 (T, F, 256))] for the file's whole clips."""
+def _clips_of_file(path: pathlib.Path,
+                   config: AvFolderConfig) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+  """[(start frame, video uint8 (T, R, R, 3), audio float32 (T S,), mel float32 (T, F, 256))] for the file's whole
+  clips."""
   clip = read_clip(path, fps=config.fps, sample_rate=SAMPLE_RATE, resolution=config.resolution,
                    channels=config.channels, min_frames=config.clip_frames)
   frames, spf = config.clip_frames, samples_per_frame(config.fps, SAMPLE_RATE)
@@ -254,7 +260,7 @@ def _clips_of_file(path: pathlib.Path, config: AvFolderConfig) -> list[tuple[int
   for start in range(0, len(clip.video) - frames + 1, frames):
     audio = clip.audio[start * spf:(start + frames) * spf]
     mel = frames_from_mel(mel_from_waveform(audio), config.mel_columns_per_frame)
-    out.append((start, clip.video[start:start + frames], mel.astype(np.float32)))
+    out.append((start, clip.video[start:start + frames], audio.astype(np.float32), mel.astype(np.float32)))
   return out
 
 

@@ -1,6 +1,6 @@
 """The bouncing-ball dataset (synthetic.py) as a TFDS dataset, for the same input pipeline as real data.
 
-Splits: "train" holds clips 0 .. num_train - 1 of the seed, "test" the next num_test. Each example:
+Splits: "train" holds clips 0 .. num_train - 1 of the seed, "test" the next num_test (no split when 0). Each example:
 video uint8 (T, R, R, 3), mel float32 (T, 10, 256), label (class of synthetic.CLASS_NAMES), height float32
 (T,), contacts bool (T,), index int64 (the clip's index under the seed).
 """
@@ -54,8 +54,10 @@ class BouncingBallAv(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
-    return {"train": self._generate_examples(0, config.num_train),
-            "test": self._generate_examples(config.num_train, config.num_test)}
+    splits = {"train": self._generate_examples(0, config.num_train)}
+    if config.num_test:  # TFDS cannot write an empty split
+      splits["test"] = self._generate_examples(config.num_train, config.num_test)
+    return splits
 
   def _generate_examples(self, first_index: int, count: int):
     config = self.builder_config

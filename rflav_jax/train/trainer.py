@@ -12,6 +12,7 @@ Resume order: (1) the newest complete checkpoint's step; (2) its stored model ar
 input from that step on (the data order is fixed by (seed, step), see data.pipeline); (5) the update's
 randomness fold_in(rng, step) comes from the restored state.
 """
+import itertools
 import os
 import signal
 import time
@@ -158,9 +159,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if is_main:
     (workdir / "config.json").write_text(config_json)
 
-  # Input from the state's step on; the first batch is checked against the model before anything compiles.
+  # Input from the state's step on; the first batch is checked against the model before anything compiles. Later
+  # batches are read and placed on the devices while the step before runs.
   codec = build_video_codec(config.codec, model)
-  batches = train_input.host_batches(config, model, train_input.data_source(config.data), codec, first_step)
+  host_batches = train_input.host_batches(config, model, train_input.data_source(config.data), codec, first_step)
+  first_batch = next(host_batches)
+  train_input.check_batch(first_batch, model, config)
+  batches = train_input.prefetch_to_devices(itertools.chain([first_batch], host_batches), mesh)
 
   # The update, compiled once: state donated, batch split over all devices.
   step_fn = jax.jit(
@@ -178,11 +183,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   started = time.perf_counter()
   try:
     while step < train.num_steps:
-      host_batch = next(batches)
-      if step == first_step:
-        train_input.check_batch(host_batch, model, config)
+      batch = next(batches)
       with jax.set_mesh(mesh):  # kernels XLA cannot split itself (splash attention) run on each device's share
-        state, metrics = step_fn(state, parallel.global_batch(host_batch, mesh))
+        state, metrics = step_fn(state, batch)
       step += 1
       pending_steps.append(step)
       pending_metrics.append(metrics)
@@ -211,6 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         logging.warning("stopped at step %d; run the same command again to continue", step)
         break
   finally:
+    batches.close()
     stop.restore()
     checkpoints.wait()
     checkpoints.close()
