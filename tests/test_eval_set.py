@@ -106,7 +106,8 @@ def uninterrupted(tmp_path_factory) -> pathlib.Path:
 def test_generated_clips_are_the_generator_streams_of_their_batch(uninterrupted):
   config = sample_config(**EVAL_FIELDS)
   assert not list(uninterrupted.rglob("*.partial"))
-  assert sorted(p.name for p in (uninterrupted / "video").iterdir()) == sorted(f"sample_{i}_video.mp4" for i in range(6))
+  names = sorted(p.name for p in (uninterrupted / "video").iterdir())
+  assert names == sorted(f"sample_{i}_video.mp4" for i in range(6))
   generator = Generator.from_config(config)
   for batch in range(3):
     labels = [(2 * batch + j) % 3 for j in range(2)]  # eval_labels (0, 1, 2) cycled over the clips
