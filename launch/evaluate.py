@@ -7,17 +7,20 @@ r"""Measures bouncing-ball streams from their pictures and sound (rflav_jax/eval
   python -m launch.evaluate --config.checkpoint= --mode=joint --seconds=30             # an untrained model
   python -m launch.evaluate --mode=av_metrics --config.eval.real_dir=DIR --config.eval.generated_dir=DIR \
       --output=report.json                  # FVD, KVD, FAD of two folders of mp4 (rflav_jax/eval/av_metrics)
+  python -m launch.evaluate --mode=long_video --config.eval.real_dir=DIR --config.eval.generated_dir=LONG_DIR \
+      --output=long.json                    # the same per 16-frame window of long videos, drift, long.png
 """
 import json
 
 from absl import flags
 
 from rflav_jax import cli
-from rflav_jax.eval import av_metrics, evaluate
+from rflav_jax.eval import av_metrics, evaluate, long_video
 from rflav_jax.train.progress import quiet_library_logs
 
 _CONFIG = cli.define_config("config", "configs/synthetic_tiny.py", "Sampling config of the model.")
-_MODE = flags.DEFINE_enum("mode", "joint", (*evaluate.MODES, av_metrics.MODE), "What to generate and measure.")
+_MODE = flags.DEFINE_enum("mode", "joint", (*evaluate.MODES, av_metrics.MODE, long_video.MODE),
+                          "What to generate and measure.")
 _SECONDS = flags.DEFINE_float("seconds", 30.0, "Length of each stream in seconds (10 frames per second).")
 _SEGMENT = flags.DEFINE_float("segment_seconds", 30.0, "Figures are reported per segment of this length.")
 _STREAMS = flags.DEFINE_integer("streams", 1, "Independent streams (seeds / real clips).")
@@ -28,8 +31,9 @@ def main(argv):
   del argv
   cli.check_output_file("output", _OUTPUT.value)
   quiet_library_logs()
-  if _MODE.value == av_metrics.MODE:
-    print(json.dumps(av_metrics.run(_CONFIG.value.eval, _OUTPUT.value)))
+  folder_modes = {av_metrics.MODE: av_metrics.run, long_video.MODE: long_video.run}
+  if _MODE.value in folder_modes:
+    print(json.dumps(folder_modes[_MODE.value](_CONFIG.value.eval, _OUTPUT.value)))
     return
   results = evaluate.evaluate(_CONFIG.value, _MODE.value, _SECONDS.value, _SEGMENT.value, _STREAMS.value)
   for result in results:
