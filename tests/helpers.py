@@ -5,6 +5,7 @@ import pathlib
 
 import av
 import jax
+import orbax.checkpoint as ocp
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
@@ -13,7 +14,8 @@ from safetensors.numpy import save_file
 from rflav_jax.convert.flav import OFFICIAL_ARGS, flav_from_official
 from rflav_jax.models.flav import FLAV
 
-DATA = pathlib.Path(__file__).resolve().parent / "data"
+ROOT = pathlib.Path(__file__).resolve().parents[1]  # the repository
+DATA = ROOT / "tests" / "data"
 
 
 # Test data: golden fixtures of the official implementation, real mp4s, reference tables (see data/README.md).
@@ -177,3 +179,16 @@ def digest(tree):
   """What a loaded checkpoint holds, exactly: {path: [dtype, shape, sha256 of the bytes] or repr}."""
   return {k: [v.dtype.str, list(v.shape), hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()]
           if isinstance(v, np.ndarray) else repr(v) for k, v in flat(tree).items()}
+
+
+def saved_state(workdir, step=None) -> dict:
+  """The train state stored at `step` (default: the newest) as numpy arrays."""
+  with ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints") as manager:
+    step = manager.latest_step() if step is None else step
+  path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
+  with ocp.StandardCheckpointer() as checkpointer:  # onto this process's first device, whatever saved it
+    metadata = checkpointer.metadata(path).item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+    state = checkpointer.restore(path, target)
+  return jax.tree.map(np.asarray, state)

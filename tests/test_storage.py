@@ -14,6 +14,7 @@ import sys
 import time
 import types
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ import pytest
 import gcs_emulator
 from rflav_jax import storage
 from rflav_jax.convert import load_flav
-from test_train import ROOT, assert_states_equal, saved_state
+from helpers import ROOT, saved_state
 
 BUCKET = "bucket"
 RUN = ("--config=configs/train_synthetic_tiny.py:micro", "--config.compilation_cache_dir=gs://bucket/xla",
@@ -150,5 +151,5 @@ def test_kill_9_then_the_same_command_resumes_exactly_from_the_bucket(emulator, 
   resumed = train(emulator, "gs://bucket/killed", folders)
   assert "resumed from the checkpoint at step 5 in gs://bucket/killed/checkpoints" in resumed.stderr
   straight, killed = (download(emulator, f"{name}/", tmp_path / name) for name in ("straight", "killed"))
-  assert_states_equal(saved_state(killed, 10), saved_state(straight, 10))
+  chex.assert_trees_all_equal(saved_state(killed, 10), saved_state(straight, 10))
   jax.tree.map(np.testing.assert_array_equal, load_flav(straight / "export")[1], load_flav(killed / "export")[1])

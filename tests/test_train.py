@@ -17,19 +17,17 @@ import time
 import chex
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 
 from configs import train_synthetic_tiny
-from helpers import rel_l2
+from helpers import ROOT, rel_l2, saved_state
 from rflav_jax.convert import load_flav
 from rflav_jax.train import checkpointing, trainer
 from rflav_jax.train.progress import Progress, tensorboard_writer
 from rflav_jax.train.state import ema_decay_fn
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def micro_config(**train):
@@ -51,19 +49,6 @@ def launch(workdir, *overrides, devices: int = 1, wait: bool = True, extra_args=
 
 def check_ok(result):
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
-def saved_state(workdir, step=None) -> dict:
-  """The train state stored at `step` (default: the newest) as numpy arrays."""
-  with ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints") as manager:
-    step = manager.latest_step() if step is None else step
-  path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
-  with ocp.StandardCheckpointer() as checkpointer:  # onto this process's first device, whatever saved it
-    metadata = checkpointer.metadata(path).item_metadata
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-    state = checkpointer.restore(path, target)
-  return jax.tree.map(np.asarray, state)
 
 
 def assert_states_close(a, b, tolerance):
