@@ -8,12 +8,19 @@ writes each chunk as it comes, so memory stays flat for any length.
 
 Every input is checked before the first network call; progress is logged from the first call on, and joint
 generation ends with the wall seconds of each stage (network, video decoding, vocoder, mp4 writing), which says
-what limits its speed on the machine at hand.
+what limits its speed on the machine at hand. config.sample's num_streams and chunk_frames, where None, are chosen
+for the machine (`rflav_jax.generator.fit_to_machine`).
+
+A run that stops early (an error, Ctrl-C, or a SIGTERM, which `sample` turns into SystemExit(143)) leaves only whole
+files: each mp4 holding at least one chunk is finished with the chunks written (a signal never splits a chunk's
+writing), the others are removed, and so is an output folder the run created and left empty; the log names each.
 """
 import collections
 import contextlib
 import os
 import pathlib
+import signal
+import threading
 import time
 
 import jax
@@ -25,7 +32,7 @@ from rflav_jax.build import build_flav, build_video_codec, build_vocoder
 from rflav_jax.codecs import audio
 from rflav_jax.flow.progress import CallProgress, log_frames
 from rflav_jax.generator import (FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, Generator, SamplingOptions, check_label,
-                                 stream_devices)
+                                 fit_to_machine, stream_devices)
 from rflav_jax.media import MediaError, NoAudioTrackError, letterbox, read_audio, read_video
 from rflav_jax.media.images import contact_sheet, spectrogram_image, write_png
 from rflav_jax.media.writer import Mp4Writer
@@ -43,19 +50,34 @@ def sample(config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
   config.sample.condition_file ("audio") or audio for its video ("video"), with gradient guidance of scale
   config.sample.condition_guidance; the given modality is written unchanged beside the generated one.
   """
+  config = _fitted(config)
   given = _read_inputs(config.sample)
   generator = Generator.from_config(config, progress=CallProgress())
-  return _write(generator, config, output_dir, given)
+  with _StopSignals() as stop:
+    return _write(generator, config, output_dir, given, stop)
 
 
 def sample_with(generator: Generator, config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
   """`sample` with a given Generator (e.g. the trainer's, holding its EMA weights); reads config.sample's
-  num_streams, num_frames, label and condition fields and config.seed."""
-  return _write(generator, config, output_dir, _read_inputs(config.sample))
+  num_streams, num_frames, label and condition fields and config.seed. Signals keep their handlers."""
+  config = _fitted(config)
+  return _write(generator, config, output_dir, _read_inputs(config.sample), _NO_STOP_SIGNALS)
+
+
+def _fitted(config):
+  """config with config.sample's fields left None chosen for the machine (fit_to_machine); logs the choice."""
+  fitted = config.copy_and_resolve_references()
+  fitted.sample = fit_to_machine(config.sample)
+  chosen = [f"{name}={fitted.sample[name]}" for name in ("num_streams", "chunk_frames") if config.sample[name] is None]
+  if chosen:
+    logging.info("config.sample.%s: fitted to this %s machine (set them on the command line to choose)",
+                 ", ".join(chosen), jax.default_backend())
+  return fitted
 
 
 def check_options(opts) -> None:
   """ValueError naming the first config.sample field (opts) out of its range; the files are not read."""
+  opts = fit_to_machine(opts)
   for name in ("num_streams", "num_frames"):
     if opts[name] < 1:
       raise ValueError(f"config.sample.{name}={opts[name]} must be a positive int")
@@ -107,13 +129,27 @@ def cpu_warning(flop_per_call: float, calls: int, cores: int, dtype) -> str | No
   return warning
 
 
-def _write(generator: Generator, config, output_dir, given: np.ndarray | None) -> list[pathlib.Path]:
+def _write(generator: Generator, config, output_dir, given: np.ndarray | None, stop) -> list[pathlib.Path]:
   opts, model = config.sample, generator.model
   if model.num_classes:
     check_label(opts.label, model.num_classes, "config.sample.label")
   labels = np.full(opts.num_streams, opts.label if model.num_classes else 0)  # 0: an unconditional model's null
   output_dir = pathlib.Path(output_dir)
+  created = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]  # deepest first
   output_dir.mkdir(parents=True, exist_ok=True)
+  try:
+    return _write_into(generator, config, output_dir, given, labels, stop)
+  except BaseException:
+    for folder in created:
+      if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        logging.warning("removed %s, which this run created and left empty", folder)
+    raise
+
+
+def _write_into(generator: Generator, config, output_dir: pathlib.Path, given: np.ndarray | None, labels,
+                stop) -> list[pathlib.Path]:
+  opts, model = config.sample, generator.model
   paths = [output_dir / f"stream_{i}.mp4" for i in range(opts.num_streams)]
 
   mode = "stream" if given is None else {"audio": "video_for", "video": "audio_for"}[opts.condition]
@@ -125,13 +161,64 @@ def _write(generator: Generator, config, output_dir, given: np.ndarray | None) -
                opts.num_frames, len(stream_devices(opts.num_streams, generator.devices)), jax.local_device_count(),
                jax.default_backend(), calls)
   if given is None:
-    previews = _write_joint(generator, labels, opts.num_frames, config.seed, paths)
+    previews = _write_joint(generator, labels, opts.num_frames, config.seed, paths, stop)
   else:
-    previews = _write_conditional(generator, labels, opts, config.seed, paths, given)
+    previews = _write_conditional(generator, labels, opts, config.seed, paths, given, stop)
   window = model.predict_frames
-  write_png(output_dir / "stream_0_frames.png", contact_sheet(previews[0], columns=window))
-  write_png(output_dir / "stream_0_mel.png", spectrogram_image(audio.mel_from_frames(previews[1])))
+  with stop.held():
+    write_png(output_dir / "stream_0_frames.png", contact_sheet(previews[0], columns=window))
+    write_png(output_dir / "stream_0_mel.png", spectrogram_image(audio.mel_from_frames(previews[1])))
   return paths
+
+
+class _StopSignals:
+  """While a run of `sample` goes on in the main thread, SIGTERM stops it as Ctrl-C (SIGINT) does, by an
+  exception (SystemExit(143), KeyboardInterrupt); inside `held()` both wait for the block's end."""
+
+  def __init__(self):
+    self._holding, self._pending, self._previous = False, None, {}
+
+  def __enter__(self) -> "_StopSignals":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  @contextlib.contextmanager
+  def held(self):
+    self._holding = True
+    try:
+      yield
+    finally:
+      self._holding, pending, self._pending = False, self._pending, None
+    if pending is not None:
+      self._stop(pending)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self._holding:
+      self._pending = signum
+    else:
+      self._stop(signum)
+
+  @staticmethod
+  def _stop(signum: int):
+    logging.warning("%s received: stopping", signal.Signals(signum).name)
+    raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+
+
+class _NoStopSignals:
+  """Signals keep their handlers (the trainer's own SIGTERM handling, for one)."""
+
+  @staticmethod
+  def held():
+    return contextlib.nullcontext()
+
+
+_NO_STOP_SIGNALS = _NoStopSignals()
 
 
 class StageClock:
@@ -153,34 +240,60 @@ class StageClock:
     return f"{parts}; {total_s:.1f} s in all"
 
 
-def _write_joint(generator: Generator, labels: np.ndarray, num_frames: int, seed: int, paths):
-  """Joint streams written to the mp4 files chunk by chunk; returns stream 0's first 2 W frames and mels."""
+def _write_joint(generator: Generator, labels: np.ndarray, num_frames: int, seed: int, paths, stop):
+  """Joint streams written to the mp4 files chunk by chunk; returns stream 0's first 2 W frames and mels.
+
+  If the run stops early, each file keeps the whole chunks written to it (none: it is removed)."""
   batch, preview_frames = len(labels), 2 * generator.model.predict_frames
   preview_video, preview_mel = [], []
   start, done = time.perf_counter(), 0
   clock = StageClock()
-  writers = [Mp4Writer(p, fps=FPS, sample_rate=SAMPLE_RATE) for p in paths]
+  writers, written = [], [0] * len(paths)  # written[b]: frames of whole chunks in stream b's file
   try:
+    with stop.held():
+      writers.extend(Mp4Writer(p, fps=FPS, sample_rate=SAMPLE_RATE) for p in paths)
     for chunk in generator.stream(labels, num_frames, seed=seed, clock=clock):
       if done < preview_frames:
         preview_video.append(chunk.video[0])
         preview_mel.append(chunk.mel[0])
-      with clock("mp4 writing"):
+      with clock("mp4 writing"), stop.held():
         for b, writer in enumerate(writers):
+          before, written[b] = written[b], 0  # 0 while the chunk is half written: a failure removes the file
           writer.write(chunk.video[b], chunk.wav[b])
+          written[b] = before + chunk.video.shape[1]
       done += chunk.video.shape[1]
       log_frames(done, num_frames, batch, time.perf_counter() - start)
-  finally:
-    with clock("mp4 writing"):
-      for writer in writers:
-        writer.close()
+  except BaseException:
+    with stop.held():
+      _end_early(writers, written, num_frames)
+    raise
+  with clock("mp4 writing"), stop.held():
+    for writer in writers:
+      writer.close()
   total_s = time.perf_counter() - start
   clock.seconds["vocoder"] = total_s - sum(clock.seconds.values())  # what the loop spends outside the other stages
   logging.info("stages: %s", clock.report(total_s))
   return np.concatenate(preview_video)[:preview_frames], np.concatenate(preview_mel)[:preview_frames]
 
 
-def _write_conditional(generator: Generator, labels: np.ndarray, opts, seed: int, paths, given: np.ndarray):
+def _end_early(writers: list[Mp4Writer], written: list[int], num_frames: int) -> None:
+  """Finishes the mp4 files of a stopped run with the whole chunks written to each (written[b] frames); removes
+  those without any."""
+  finished, removed = [], []
+  for writer, frames in zip(writers, written):
+    if frames:
+      writer.close()
+      finished.append(f"{writer.path} ({frames} of {num_frames} frames)")
+    else:
+      writer.discard()
+      removed.append(writer.path)
+  if finished:
+    logging.warning("stopped early: finished %s, whole chunks", ", ".join(finished))
+  if removed:
+    logging.warning("stopped early: removed %s, which held no whole chunk", ", ".join(removed))
+
+
+def _write_conditional(generator: Generator, labels: np.ndarray, opts, seed: int, paths, given: np.ndarray, stop):
   """One modality generated for the given other one (whole clip in memory); returns the previews as joint does."""
   batch, num_frames, window = len(labels), opts.num_frames, generator.model.predict_frames
   repeat = lambda x: np.repeat(np.asarray(x)[None], batch, axis=0)
@@ -193,6 +306,13 @@ def _write_conditional(generator: Generator, labels: np.ndarray, opts, seed: int
     mel, wav = generator.audio_for(repeat(frames), labels, num_frames, seed=seed)
     video = repeat(frames[:num_frames])
   for b, path in enumerate(paths):
-    with Mp4Writer(path, fps=FPS, sample_rate=SAMPLE_RATE) as writer:
-      writer.write(video[b], wav[b])
+    with stop.held():
+      writer = Mp4Writer(path, fps=FPS, sample_rate=SAMPLE_RATE)
+      try:
+        writer.write(video[b], wav[b])
+      except BaseException:
+        writer.discard()
+        logging.warning("writing %s failed: removed it", path)
+        raise
+      writer.close()
   return video[0, :2 * window], mel[0, :2 * window]
