@@ -17,7 +17,6 @@ writing), the others are removed, and so is an output folder the run created and
 """
 import collections
 import contextlib
-import os
 import pathlib
 import signal
 import threading
@@ -37,10 +36,11 @@ from rflav_jax.media import MediaError, NoAudioTrackError, letterbox, read_audio
 from rflav_jax.media.images import contact_sheet, spectrogram_image, write_png
 from rflav_jax.media.writer import Mp4Writer
 
-# Measured: a 2-core CPU runs the FLAV-B/1 forward at 0.155 TFLOP/s in bf16, 0.168 in float32 (docs/PERFORMANCE.md);
-# assumed to scale with cores.
-_CPU_TFLOP_PER_S_PER_CORE = 0.077
 _CPU_WARN_TFLOP_PER_CALL = 0.5
+# FLAV-B/1's forward pass on a 2-core AMD EPYC ran at 0.57 to 1.06 (mean 0.81) times the rate of `cpu_flop_rate`'s
+# probe measured just before and after it (bfloat16, 8 passes, load average 13); its network calls are 93% of a
+# short CPU run (compilation 3%, SD-VAE decoding 3%). So a run's FLOPs go at about 0.75 times the probe's rate.
+_RUN_SHARE_OF_PROBE = 0.75
 
 
 def sample(config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:
@@ -115,14 +115,31 @@ def _read_inputs(opts) -> np.ndarray | None:
   return given
 
 
-def cpu_warning(flop_per_call: float, calls: int, cores: int, dtype) -> str | None:
-  """A warning for a CPU run of large network calls, with roughly how long it takes; None for small ones."""
+def cpu_flop_rate(dtype, seconds: float = 1.0) -> float:
+  """FLOP/s that sampling from a large FLAV gets from this CPU now, as loaded as it is: the rate of a
+  (2048, 768) x (768, 3072) product in dtype (an MLP layer of FLAV-B/1) over about `seconds`, times the share of it
+  that a B/1 run reaches (_RUN_SHARE_OF_PROBE)."""
+  a = jnp.ones((2048, 768), dtype)
+  b = jnp.ones((768, 3072), dtype)
+  product = jax.jit(jnp.matmul)
+  product(a, b).block_until_ready()  # compiled and warm
+  runs, start = 0, time.perf_counter()
+  while runs < 3 or time.perf_counter() - start < seconds:
+    product(a, b).block_until_ready()
+    runs += 1
+  return _RUN_SHARE_OF_PROBE * runs * 2 * 2048 * 768 * 3072 / (time.perf_counter() - start)
+
+
+def cpu_warning(flop_per_call: float, calls: int, flop_per_s: float, dtype) -> str | None:
+  """A warning for a CPU run of large network calls, with how long the run takes at flop_per_s (`cpu_flop_rate`);
+  None for small calls."""
   per_call = flop_per_call / 1e12
   if per_call < _CPU_WARN_TFLOP_PER_CALL:
     return None
-  minutes = per_call * calls / (_CPU_TFLOP_PER_S_PER_CORE * cores) / 60
-  warning = (f"sampling on the CPU: {calls} network calls of about {per_call:.1f} TFLOP each take roughly "
-             f"{minutes:.0f} min on {cores} cores; a GPU does this in seconds to minutes")
+  minutes = flop_per_call * calls / flop_per_s / 60
+  warning = (f"sampling on the CPU: {calls} network calls of about {per_call:.1f} TFLOP each; at the "
+             f"{flop_per_s / 1e12:.3f} TFLOP/s this CPU gives now the run takes about {minutes:.0f} min; a GPU does "
+             "this in seconds to minutes")
   if jnp.dtype(dtype) != jnp.float32:  # measured on 2 cores: B/1 forward 32.4 s in float32, 35.2 s in bf16
     warning += (f"; on CPUs --config.model.dtype=float32 is no slower than {jnp.dtype(dtype).name} "
                 "and gives the official numbers exactly")
@@ -153,10 +170,9 @@ def _write_into(generator: Generator, config, output_dir: pathlib.Path, given: n
   paths = [output_dir / f"stream_{i}.mp4" for i in range(opts.num_streams)]
 
   mode = "stream" if given is None else {"audio": "video_for", "video": "audio_for"}[opts.condition]
-  calls = generator.num_calls(opts.num_frames, mode)
-  warning = cpu_warning(generator.flops_per_call(opts.num_streams), calls, os.cpu_count() or 1, model.dtype)
-  if jax.default_backend() == "cpu" and warning:
-    logging.warning(warning)
+  calls, flop_per_call = generator.num_calls(opts.num_frames, mode), generator.flops_per_call(opts.num_streams)
+  if jax.default_backend() == "cpu" and flop_per_call >= _CPU_WARN_TFLOP_PER_CALL * 1e12:
+    logging.warning(cpu_warning(flop_per_call, calls, cpu_flop_rate(model.dtype), model.dtype))
   logging.info("sampling %d stream(s) x %d frames on %d of %d %s devices: %d network calls", opts.num_streams,
                opts.num_frames, len(stream_devices(opts.num_streams, generator.devices)), jax.local_device_count(),
                jax.default_backend(), calls)
