@@ -188,8 +188,8 @@ def _write_into(generator: Generator, config, output_dir: pathlib.Path, given: n
 
 
 class _StopSignals:
-  """While a run of `sample` goes on in the main thread, SIGTERM stops it as Ctrl-C (SIGINT) does, by an
-  exception (SystemExit(143), KeyboardInterrupt); inside `held()` both wait for the block's end."""
+  """While a run of `sample` goes on in the main thread, SIGINT (Ctrl-C) raises KeyboardInterrupt and SIGTERM
+  SystemExit(143), so that the files are finished or removed; inside `held()` both wait for the block's end."""
 
   def __init__(self):
     self._holding, self._pending, self._previous = False, None, {}
