@@ -37,10 +37,10 @@ from rflav_jax.media.images import contact_sheet, spectrogram_image, write_png
 from rflav_jax.media.writer import Mp4Writer
 
 _CPU_WARN_TFLOP_PER_CALL = 0.5
-# FLAV-B/1's forward pass on a 2-core AMD EPYC ran at 0.57 to 1.06 (mean 0.81) times the rate of `cpu_flop_rate`'s
-# probe measured just before and after it (bfloat16, 8 passes, load average 13); its network calls are 93% of a
-# short CPU run (compilation 3%, SD-VAE decoding 3%). So a run's FLOPs go at about 0.75 times the probe's rate.
-_RUN_SHARE_OF_PROBE = 0.75
+# The README's CPU command (FLAV-B/1, bfloat16, 26 calls) ran at 0.84 times the rate of `cpu_flop_rate`'s probe taken
+# before its first call, compilation and decoding included (a 2-core AMD EPYC, nearly idle); B/1's forward pass alone
+# ran at 0.57 to 1.06 (mean 0.81) times the probes taken just before and after it with the cores shared (load 13).
+_RUN_SHARE_OF_PROBE = 0.8
 
 
 def sample(config, output_dir: str | pathlib.Path) -> list[pathlib.Path]:

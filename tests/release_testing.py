@@ -85,12 +85,17 @@ def diffusers_vae(params) -> dict[str, np.ndarray]:
 
 
 def write_flav_release(folder, num_classes: int, weights: str = "safetensors", seed: int = 0,
-                       flav_config: dict = SMALL_FLAV, vocoder_config: dict = SMALL_VOCODER) -> tuple[dict, dict]:
+                       flav_config: dict = SMALL_FLAV, vocoder_config: dict = SMALL_VOCODER, flav_params=None,
+                       vocoder_params=None) -> tuple[dict, dict]:
   """An R-FLAV-B-1 repository: FLAV at the top (weights "safetensors": model.safetensors, "pt": a training
-  checkpoint {"model", "ema", "opt"} with DDP names), HiFi-GAN in vocoder/; returns (FLAV params, vocoder params)."""
+  checkpoint {"model", "ema", "opt"} with DDP names), HiFi-GAN in vocoder/; returns (FLAV params, vocoder params).
+
+  The params are random unless given (e.g. a stand-in's, rflav_jax.standins, whose initialisers keep B/1 finite).
+  """
   folder = pathlib.Path(folder)
   config = {**flav_config, "num_classes": num_classes}
-  flav_params = random_params(model_from_official_args(**config), seed)
+  if flav_params is None:
+    flav_params = random_params(model_from_official_args(**config), seed)
   state = official_flav(flav_params, config["patch_size"], config["in_channels"])
   _write_hub_files(folder, config)
   if weights == "safetensors":
@@ -98,17 +103,20 @@ def write_flav_release(folder, num_classes: int, weights: str = "safetensors", s
   else:
     ema = {f"module.{k}": torch.from_numpy(v) for k, v in state.items()}
     torch.save({"model": {k: v * 0 for k, v in ema.items()}, "ema": ema, "opt": {}}, folder / "R-FLAV-B-1.pt")
-  vocoder_params = random_params(HifiGanGenerator(HifiGanConfig.from_dict(vocoder_config)), seed + 1)
+  if vocoder_params is None:
+    vocoder_params = random_params(HifiGanGenerator(HifiGanConfig.from_dict(vocoder_config)), seed + 1)
   _write_hub_files(folder / "vocoder", vocoder_config, readme=False)
   generator = {k: torch.from_numpy(v) for k, v in official_hifigan(vocoder_params).items()}
   torch.save({"generator": generator}, folder / "vocoder" / "vocoder.pt")
   return flav_params, vocoder_params
 
 
-def write_vae_release(folder, seed: int = 0, config: dict = SMALL_VAE) -> dict:
-  """The sd-vae-ft-ema repository: the AutoencoderKL at the top in safetensors and .bin; returns its params."""
+def write_vae_release(folder, seed: int = 0, config: dict = SMALL_VAE, params=None) -> dict:
+  """The sd-vae-ft-ema repository: the AutoencoderKL at the top in safetensors and .bin; returns its params (random
+  unless given)."""
   folder = pathlib.Path(folder)
-  params = random_params(AutoencoderKL(VaeConfig.from_diffusers(config)), seed)
+  if params is None:
+    params = random_params(AutoencoderKL(VaeConfig.from_diffusers(config)), seed)
   state = diffusers_vae(params)
   _write_hub_files(folder, config)
   save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
