@@ -47,7 +47,6 @@ def assert_same_params(converted, written, atol=0.0):
     np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=atol)
 
 
-@pytest.mark.slow
 def test_hub_layouts_are_found_and_converted_exactly(tmp_path):
   flav_params, vocoder_params = release_testing.write_flav_release(tmp_path / "aist", 10, "pt")
   vae_params = release_testing.write_vae_release(tmp_path / "vae")
