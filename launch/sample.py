@@ -1,8 +1,8 @@
 r"""Generates audio-video streams with a FLAV model and writes them as mp4 (plus PNG previews).
 
   python -m launch.sample --config=configs/synthetic_tiny.py --output_dir=/tmp/rflav_demo
-  python -m launch.sample --config=configs/flav_b1_aist.py --config.checkpoint=converted/flav_aist \
-      --config.codec.checkpoint=converted/sdvae --config.vocoder.checkpoint=converted/vocoder \
+  python -m launch.sample --config=configs/flav_b1_aist.py --config.checkpoint=converted/aist/flav \
+      --config.codec.checkpoint=converted/sdvae --config.vocoder.checkpoint=converted/aist/vocoder \
       --config.sample.num_frames=600 --output_dir=out
   python -m launch.sample --config.sample.condition=audio --config.sample.condition_file=clip.mp4 \
       --config.sample.condition_mode=independent --config.sample.condition_guidance=1 --output_dir=out

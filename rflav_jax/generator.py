@@ -78,6 +78,22 @@ class SamplingOptions:
       raise ValueError(f"config.sample.{error}") from None
 
 
+def fit_to_machine(sample_config, backend: str | None = None):
+  """A copy of config.sample whose num_streams and chunk_frames, where None (a config's `placeholder(int)`), are
+  chosen for the machine; values set in the config or on the command line are kept.
+
+  num_streams: 1 on a CPU, where each stream's network calls take the cores for as long again, else 4;
+  chunk_frames: num_frames, at most 20 (a longer chunk computes frames only to drop them).
+  backend: jax.default_backend() unless given.
+  """
+  fitted = sample_config.copy_and_resolve_references()
+  if fitted.get("num_streams", 1) is None:
+    fitted.num_streams = 1 if (backend or jax.default_backend()) == "cpu" else 4
+  if fitted.chunk_frames is None:
+    fitted.chunk_frames = min(20, fitted.num_frames)
+  return fitted
+
+
 @dataclasses.dataclass(frozen=True)
 class Chunk:
   """n decoded frames of B streams: video uint8 (B, n, H, W, 3), mel (B, n, 10, N) in [-1, 1], and wav float32
@@ -140,9 +156,10 @@ class Generator:
   @classmethod
   def from_config(cls, config, model: FLAV | None = None, params=None, *, devices: Sequence | None = None,
                   progress: CallProgress | None = None) -> "Generator":
-    """The Generator of a sampling config: config.sample's options, the model of config.model / config.checkpoint
-    / config.seed (unless model and params are given), config.codec, and config.vocoder with config.audio_scale."""
-    options = SamplingOptions.from_config(config.sample)
+    """The Generator of a sampling config: config.sample's options (`fit_to_machine`), the model of config.model /
+    config.checkpoint / config.seed (unless model and params are given), config.codec, and config.vocoder with
+    config.audio_scale."""
+    options = SamplingOptions.from_config(fit_to_machine(config.sample))
     if model is None:
       model, params, codec, vocoder = build(config)
     else:

@@ -5,21 +5,25 @@ import logging
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import av
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from helpers import media_file, write_video_only
-from configs import synthetic_tiny
+from configs import flav_b1_aist, synthetic_tiny
 from rflav_jax import generator, sample, standins
 from rflav_jax.build import build_flav
 from rflav_jax.flow.progress import CallProgress
-from rflav_jax.generator import Generator
+from rflav_jax.generator import Chunk, Generator
 from rflav_jax.media import write_wav
 from rflav_jax.media.align import FrameAligner
 from rflav_jax.media.reader import read_audio, read_clip, read_video
@@ -194,13 +198,16 @@ def test_streams_use_the_devices_they_divide_evenly_over():
 
 def test_a_cpu_run_of_the_released_size_is_announced():
   b1 = forward_flops(flav_from_preset("FLAV-B/1", num_classes=10, causal_attn=True))  # 2.73 TFLOP per call
-  # 12 frames (44 calls) at the forward rate measured on a 2-core CPU, 0.155 TFLOP/s in bf16
-  assert "roughly 13 min on 2 cores" in sample.cpu_warning(b1, 44, cores=2, dtype=jnp.float32)
+  # The README's CPU command (1 stream, 3 frames: 26 calls) at 0.1 TFLOP/s: 26 x 2.73 / 0.1 s = 11.8 min
+  assert ("26 network calls of about 2.7 TFLOP each; at the 0.100 TFLOP/s this CPU gives now the run takes about "
+          "12 min" in sample.cpu_warning(b1, 26, 0.1e12, dtype=jnp.float32))
   assert ("--config.model.dtype=float32 is no slower than bfloat16"
-          in sample.cpu_warning(b1, 44, cores=2, dtype=jnp.bfloat16))
-  assert "dtype" not in sample.cpu_warning(b1, 44, cores=2, dtype=jnp.float32)  # already float32
+          in sample.cpu_warning(b1, 26, 0.1e12, dtype=jnp.bfloat16))
+  assert "dtype" not in sample.cpu_warning(b1, 26, 0.1e12, dtype=jnp.float32)  # already float32
   tiny = forward_flops(flav_from_config(tiny_config().model))
-  assert sample.cpu_warning(4 * tiny, 1000, cores=2, dtype=jnp.float32) is None
+  assert sample.cpu_warning(4 * tiny, 1000, 0.1e12, dtype=jnp.float32) is None
+  rate = sample.cpu_flop_rate(jnp.float32, seconds=0.05)  # the probe: a share of one MLP product's rate
+  assert 1e9 < rate < 1e14
 
 
 def test_progress_counts_one_call_per_device_set():
@@ -232,3 +239,105 @@ def test_readme_demo_command_runs_with_one_stream_on_two_devices(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert "on 1 of 2 cpu devices" in result.stderr
   check_mp4(tmp_path / "stream_0.mp4", 3)
+
+
+def test_unset_streams_and_chunks_are_fitted_to_the_machine(monkeypatch):
+  config = flav_b1_aist.get_config()
+  for backend, streams in (("cpu", 1), ("gpu", 4), ("tpu", 4)):
+    fitted = generator.fit_to_machine(config.sample, backend)
+    assert (fitted.num_streams, fitted.chunk_frames) == (streams, 20)
+  config.sample.num_frames = 3
+  assert generator.fit_to_machine(config.sample, "cpu").chunk_frames == 3  # no frame computed to be dropped
+  assert config.sample.num_streams is None and config.sample.chunk_frames is None  # the config is left as it is
+  # Set on the command line (whose overrides config_flags reads from sys.argv as it defines the flag): kept.
+  argv = ["sample", "--config.sample.num_streams=4", "--config.sample.chunk_frames=20", "--config.sample.num_frames=3"]
+  monkeypatch.setattr(sys, "argv", argv)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flav_b1_aist.__file__, flag_values=flag_values)
+  flag_values(argv)
+  fitted = generator.fit_to_machine(flag_values.config.sample, "cpu")
+  assert (fitted.num_streams, fitted.chunk_frames) == (4, 20)
+  assert synthetic_tiny.get_config().sample == generator.fit_to_machine(synthetic_tiny.get_config().sample, "cpu")
+
+
+def stream_that_stops(chunks: list[int], error: BaseException):
+  """A Generator.stream that yields chunks of the given frame counts (grey frames, silence), then raises error."""
+  def stream(self, labels, num_frames, *, seed, clock):
+    del num_frames, seed, clock
+    size = self.model.latent_size
+    for n in chunks:
+      yield Chunk(np.full((len(labels), n, size, size, 3), 128, np.uint8),
+                  np.zeros((len(labels), n, 10, self.model.n_mels), np.float32),
+                  np.zeros((len(labels), n * 1600), np.float32))
+    raise error
+  return stream
+
+
+def test_a_stopped_run_leaves_whole_files_only(tmp_path, monkeypatch, caplog):
+  config = synthetic_tiny.get_config()  # the shipped model: read, not initialised
+  config.sample.update(num_streams=2, num_frames=20)
+  shipped = Generator.from_config(config)
+  monkeypatch.setattr(Generator, "stream", stream_that_stops([], KeyboardInterrupt()))
+  with pytest.raises(KeyboardInterrupt):
+    sample.sample_with(shipped, config, tmp_path / "new" / "out")
+  assert not (tmp_path / "new").exists()  # both folders the run made, left empty: removed
+  assert f"removed {tmp_path / 'new' / 'out' / 'stream_0.mp4'}, {tmp_path / 'new' / 'out' / 'stream_1.mp4'}, " \
+         "which held no whole chunk" in caplog.text
+  assert f"removed {tmp_path / 'new'}, which this run created and left empty" in caplog.text
+
+  monkeypatch.setattr(Generator, "stream", stream_that_stops([3, 3], RuntimeError("the network failed")))
+  (tmp_path / "mine").mkdir()
+  with pytest.raises(RuntimeError, match="the network failed"):
+    sample.sample_with(shipped, config, tmp_path / "mine")
+  for b in range(2):
+    check_mp4(tmp_path / "mine" / f"stream_{b}.mp4", 6)  # two whole chunks, finished as a valid mp4
+  assert f"finished {tmp_path / 'mine' / 'stream_0.mp4'} (6 of 20 frames)" in caplog.text
+
+  write = sample.Mp4Writer.write
+  def fail_on_the_second_chunk_of_stream_1(writer, frames, wav):
+    if writer.path.endswith("stream_1.mp4") and writer._frames_written:
+      write(writer, frames[:1], wav[:1600])  # a chunk written in part
+      raise OSError("No space left on device")
+    write(writer, frames, wav)
+  monkeypatch.setattr(sample.Mp4Writer, "write", fail_on_the_second_chunk_of_stream_1)
+  monkeypatch.setattr(Generator, "stream", stream_that_stops([3, 3, 3], RuntimeError("not reached")))
+  with pytest.raises(OSError, match="No space left"):
+    sample.sample_with(shipped, config, tmp_path / "full")
+  check_mp4(tmp_path / "full" / "stream_0.mp4", 6)
+  assert not (tmp_path / "full" / "stream_1.mp4").exists()  # its second chunk is not whole
+  assert list((tmp_path / "mine").iterdir()) and (tmp_path / "mine").is_dir()
+
+
+def run_until(args: list[str], line: str, tmp_path) -> subprocess.Popen:
+  """launch.sample started with args, once its log has printed a line containing `line`."""
+  process = subprocess.Popen([sys.executable, "-m", "launch.sample", *args], cwd=pathlib.Path(__file__).parents[1],
+                             stderr=subprocess.PIPE, text=True)
+  log = []
+  deadline = time.monotonic() + 600
+  while time.monotonic() < deadline:
+    log.append(process.stderr.readline())
+    if line in log[-1] or process.poll() is not None:
+      break
+  process.log = log
+  return process
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_run_finishes_its_stream_with_whole_chunks_or_removes_it(tmp_path, signum):
+  out = tmp_path / "a" / "b"
+  args = ["--config=configs/synthetic_tiny.py", "--config.sample.num_frames=3000", "--config.sample.chunk_frames=5",
+          f"--output_dir={out}"]
+  # SIGTERM once a chunk is written; SIGINT as soon as the sampling begins, most likely before the first chunk
+  process = run_until(args, "frame 5/3000" if signum == signal.SIGTERM else "sampling 1 stream(s)", tmp_path)
+  process.send_signal(signum)
+  log = "".join(process.log) + process.communicate(timeout=600)[1]
+  assert process.returncode != 0 and f"{signal.Signals(signum).name} received: stopping" in log, log[-3000:]
+  finished = re.search(r"finished \S+stream_0.mp4 \((\d+) of 3000 frames\), whole chunks", log)
+  if finished:
+    frames = int(finished.group(1))
+    assert frames % 5 == 0 and frames >= (5 if signum == signal.SIGTERM else 0)
+    check_mp4(out / "stream_0.mp4", frames)
+  else:  # stopped before the first chunk (or before the file was opened): nothing left
+    assert not (tmp_path / "a").exists()
+    assert f"removed {tmp_path / 'a'}, which this run created and left empty" in log

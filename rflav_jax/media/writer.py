@@ -78,7 +78,7 @@ class Mp4Writer:
     if self._closed:
       return
     if self._video is None:
-      self._discard()
+      self.discard()
       raise ValueError(f"Mp4Writer({self.path!r}) was closed before any write(); no file was written")
     self._closed = True
     self._container.mux(self._video.encode(None))
@@ -96,14 +96,16 @@ class Mp4Writer:
     if exc_type is None or self._video is not None:
       self.close()  # after an error, what was written before it stays a valid file
     else:
-      self._discard()
+      self.discard()
 
-  def _discard(self) -> None:
-    """Closes a writer that never wrote anything and removes its empty file."""
+  def discard(self) -> None:
+    """Closes the writer and removes its file, whatever was written to it."""
     self._closed = True
-    self._container.close()
-    if os.path.exists(self._local):
-      os.remove(self._local)
+    try:
+      self._container.close()
+    finally:
+      if os.path.exists(self._local):
+        os.remove(self._local)
 
   def _add_streams(self, height: int, width: int) -> None:
     """Adds the H.264 and AAC streams for frames of height x width (both must be even for yuv420p)."""
