@@ -11,6 +11,10 @@ viewer holds at most viewer_buffer_s of fragments and skips the oldest when it f
 connection holds a bounded amount of memory. A stream without viewers ends after grace_s. A stream's class and
 guidance change at the next chunk boundary; streams join and leave the batch there, once the program of the new
 batch size is compiled (until then a new stream waits and a left stream's slot keeps rolling).
+
+The model follows its window more than its label: on the shipped model a class switched at guidance 1 never shows
+(the frames in the window keep the ball's colour), at guidance 2 after about 10 frames, at 4 after 3. So a stream
+runs at guidance switch_guidance (at least) for one window after its class changes.
 """
 import asyncio
 import collections
@@ -82,6 +86,7 @@ class LiveStream:
     self.first_fragment_s: float | None = None  # from open to the first fragment
     self.clock_start: float | None = None  # when its first chunk was made: its real-time clock starts there
     self.label_since_frame = 0
+    self.switch_until = 0  # the frame up to which it runs at switch guidance after a class change
     self.frames_sent = 0
     self.network_s = self.post_s = 0.0  # busy seconds of its batch's network calls and of its own thread
 
@@ -118,10 +123,11 @@ class StreamHub:
     lead_s: how far a stream may run ahead of real time (math.inf: as fast as it goes, for benchmarks).
     grace_s: how long a stream without viewers lives on.
     viewer_buffer_s: the most stream time a viewer holds before it skips ahead.
+    switch_guidance: the least guidance scale of a stream for one window after its class changes.
   """
 
   def __init__(self, generator: Generator, *, chunk_frames: int = 5, max_streams: int = 4, lead_s: float = 1.0,
-               grace_s: float = 10.0, viewer_buffer_s: float = 5.0):
+               grace_s: float = 10.0, viewer_buffer_s: float = 5.0, switch_guidance: float = 4.0):
     for name, value in (("max_streams", max_streams), ("lead_s", lead_s), ("viewer_buffer_s", viewer_buffer_s)):
       if not value > 0:
         raise ValueError(f"{name}={value} must be positive")
@@ -129,6 +135,7 @@ class StreamHub:
       raise ValueError(f"grace_s={grace_s} must be >= 0")
     self.generator, self.batch = generator, BatchSampler(generator, chunk_frames)
     self.chunk_frames, self.max_streams, self.lead_s, self.grace_s = chunk_frames, max_streams, lead_s, grace_s
+    self.switch_guidance = switch_guidance
     self._viewer_fragments = max(2, round(viewer_buffer_s * FPS / chunk_frames))
     self._streams: dict[str, LiveStream] = {}  # open streams by id
     self._shared: dict[StreamRequest, LiveStream] = {}
@@ -273,6 +280,7 @@ class StreamHub:
         with self._changed:
           self._warming.discard(task)
           self._changed.notify_all()
+        self._warm_later((task[0], not task[1]))  # the same batch size's other program: a class switch needs both
 
   def _sample(self) -> None:
     """The sampler thread: one batched chunk per loop, paced, handed to each stream's thread."""
@@ -300,18 +308,28 @@ class StreamHub:
     starter compiles it and the batch keeps its members and guidance until then. Labels change at once.
     """
     wanted = [s for s in self._running if not s.ended] + [s for s in self._joining if not s.ended]
-    program = self.batch.program([s.guidance for s in wanted])
-    if not wanted or program in self.batch.compiled:
-      self._running, self._joining = wanted, []
-      for stream in wanted:
-        stream.state.guidance = stream.guidance
-    elif program not in self._warming:
-      self._warming.add(program)
-      self._tasks.put(program)
-    for stream in self._running:
+    for stream in wanted:
       if stream.state.label != stream.label:
         stream.state.label, stream.label_since_frame = stream.label, stream.state.frames
+        stream.switch_until = stream.state.frames + self.generator.model.predict_frames
+    guidances = [max(s.guidance, self.switch_guidance) if s.state.frames < s.switch_until else s.guidance
+                 for s in wanted]
+    program = self.batch.program(guidances)
+    if not wanted or program in self.batch.compiled:
+      self._running, self._joining = wanted, []
+      for stream, guidance in zip(wanted, guidances):
+        stream.state.guidance = guidance
+    else:
+      self._warm_later(program)
     return self._running
+
+  def _warm_later(self, program: tuple[int, bool]) -> None:
+    """Asks the starter to compile a program, unless it is compiled or asked for."""
+    guided_model = bool(self.generator.model.num_classes)
+    with self._changed:
+      if program not in self.batch.compiled and program not in self._warming and (guided_model or not program[1]):
+        self._warming.add(program)
+        self._tasks.put(program)
 
   def _hand_over(self, stream: LiveStream, chunk) -> None:
     """Queues a chunk for the stream's thread; waits while that thread is busy (the pipeline's back pressure)."""
