@@ -27,6 +27,7 @@ from rflav_jax.serve.requests import BadRequest, StreamRequest, parse_request
 
 PAGE = pathlib.Path(__file__).with_name("static") / "index.html"
 _HUB = web.AppKey("hub", StreamHub)
+_SEND_BUFFER_BYTES = 16 * 1024  # about 2 s of the shipped model's stream
 
 
 def make_app(hub: StreamHub) -> web.Application:
@@ -95,6 +96,9 @@ async def _own_stream(request: web.Request) -> web.StreamResponse:
 async def _send(request: web.Request, stream: LiveStream) -> web.StreamResponse:
   """The stream as fMP4: its init segment, then fragments as they come, until it ends or the viewer leaves."""
   hub = request.app[_HUB]
+  connection = request.transport.get_extra_info("socket")
+  if connection is not None:  # a small kernel buffer: a stalled viewer's own queue fills, and it skips ahead
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER_BYTES)
   viewer = hub.watch(stream)
   response = web.StreamResponse(headers={"Content-Type": "video/mp4", "Cache-Control": "no-store"})
   try:

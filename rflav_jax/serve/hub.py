@@ -54,6 +54,10 @@ class Viewer:
     self.ended = True
     self._arrived.set()
 
+  def __len__(self) -> int:
+    """Fragments waiting to be sent."""
+    return len(self._fragments)
+
   async def next(self) -> bytes | None:
     """The next fragment; None once the stream has ended."""
     while not self._fragments:
@@ -111,6 +115,7 @@ class LiveStream:
         "network_rtf": media_s / self.network_s if self.network_s else None,
         "post_rtf": self.frames_sent / FPS / self.post_s if self.post_s else None,
         "first_fragment_s": self.first_fragment_s, "skipped_fragments": sum(v.skipped for v in self.viewers),
+        "queued_fragments": max((len(v) for v in self.viewers), default=0),  # of its most behind viewer
     }
 
 
