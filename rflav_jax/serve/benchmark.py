@@ -2,7 +2,7 @@
 
 Each measurement opens n streams (distinct labels and seeds, none shared) in an unpaced StreamHub (lead_s = inf:
 every stage runs as fast as it can), with one viewer each reading every fragment, waits until every stream has sent
-its first fragment and `settle_s` more (new batch sizes compile meanwhile), and then counts the frames sent over
+its first fragment and no program is compiling, then `settle_s` more, and then counts the frames sent over
 `seconds`. real_time_factor = frames/s per stream / 10 fps (>= 1: real time).
 """
 import asyncio
@@ -27,7 +27,7 @@ async def _measure(generator: Generator, streams: int, seconds: float, chunk_fra
   readers = [asyncio.create_task(_read(hub, stream)) for stream in opened]
   started = time.perf_counter()
   try:
-    while any(stream.first_fragment_s is None for stream in opened):
+    while hub.compiling or any(stream.first_fragment_s is None for stream in opened):
       await asyncio.sleep(0.1)
     first_fragment_s = time.perf_counter() - started
     await asyncio.sleep(settle_s)

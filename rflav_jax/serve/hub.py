@@ -246,6 +246,11 @@ class StreamHub:
       viewer.end()
     logging.info("stream %s ended after %d frames", stream.id, stream.state.frames if stream.state else 0)
 
+  @property
+  def compiling(self) -> bool:
+    """Whether the starter is compiling a program (which slows every stream on a CPU meanwhile)."""
+    return bool(self._warming)
+
   def stats(self) -> dict:
     now = time.perf_counter()
     streams = [stream.stats(now) for stream in list(self._streams.values())]
