@@ -120,13 +120,16 @@ def test_twenty_clients_share_one_stream_read_progressively_and_free_it_on_leavi
   assert len(server.stats()["streams"]) == 1 and (stream["label"], stream["seed"], stream["shared"]) == (1, 11, True)
   for client in clients:
     client.join()
+  counts = []
   for pieces in received:  # each client's bytes, read as they came: a playable H.264 + AAC stream
     assert len(pieces) >= 3
     with av.open(io.BytesIO(b"".join(pieces))) as container:
       assert {s.type: s.codec_context.name for s in container.streams} == {"video": "h264", "audio": "aac"}
       frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    assert len(frames) >= 20
+    counts.append(len(frames))
     assert synthetic_analysis.label_from_video(np.stack(frames)) == 1
+  print(f"20 clients, one stream, 8 s each: {min(counts)} to {max(counts)} frames per client")
+  assert min(counts) >= 20
   server.wait_for(lambda: not server.stats()["streams"], GRACE_S + 10, "the stream ending after the grace period")
 
 

@@ -31,17 +31,23 @@ async def _measure(generator: Generator, streams: int, seconds: float, chunk_fra
       await asyncio.sleep(0.1)
     first_fragment_s = time.perf_counter() - started
     await asyncio.sleep(settle_s)
-    before, start = [s.frames_sent for s in opened], time.perf_counter()
+    before, start = [(s.frames_sent, s.state.frames, s.network_s, s.post_s) for s in opened], time.perf_counter()
     await asyncio.sleep(seconds)
-    frames, elapsed = [s.frames_sent - b for s, b in zip(opened, before)], time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    after = [(s.frames_sent, s.state.frames, s.network_s, s.post_s) for s in opened]
+    batch = hub.stats()["batch"]
   finally:
     hub.close()
     for reader in readers:
       reader.cancel()
-  per_stream = [f / elapsed for f in frames]
-  return {"streams": streams, "chunk_frames": chunk_frames, "seconds": round(elapsed, 1),
+  per_stream = [(a[0] - b[0]) / elapsed for a, b in zip(after, before)]
+  # Stage speeds in frames per busy second: the network's per call (all streams at once), each stream's thread alone.
+  network = [(a[1] - b[1]) / (a[2] - b[2]) for a, b in zip(after, before)]
+  post = [(a[0] - b[0]) / (a[3] - b[3]) for a, b in zip(after, before)]
+  return {"streams": streams, "batch": batch, "chunk_frames": chunk_frames, "seconds": round(elapsed, 1),
           "frames_per_s_per_stream": round(min(per_stream), 2), "real_time_factor": round(min(per_stream) / FPS, 2),
           "all_streams_frames_per_s": round(sum(per_stream), 2), "first_fragments_after_s": round(first_fragment_s, 1),
+          "network_frames_per_busy_s": round(min(network), 1), "post_frames_per_busy_s": round(min(post), 1),
           "griffin_lim_iters": generator.vocoder.griffin_lim_iters if generator.vocoder.hifigan is None else None}
 
 
