@@ -37,18 +37,30 @@ _BENCHMARK_SECONDS = flags.DEFINE_float("benchmark_seconds", 30.0, "Seconds each
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  benchmark_streams = _benchmark_streams()
+  sock = None if benchmark_streams else app.listen(_HOST.value, _PORT.value)
   config = _CONFIG.value
   compilation_cache.enable(config.get("compilation_cache_dir"))
   generator = live_generator(config, _GRIFFIN_LIM_ITERS.value)
-  if _BENCHMARK_STREAMS.value:
-    for streams in _BENCHMARK_STREAMS.value:
-      print(json.dumps(benchmark.measure(generator, int(streams), _BENCHMARK_SECONDS.value,
-                                         chunk_frames=_CHUNK_FRAMES.value)), flush=True)
-    return
-  hub = StreamHub(generator, chunk_frames=_CHUNK_FRAMES.value, max_streams=_MAX_STREAMS.value, lead_s=_LEAD_S.value,
-                  grace_s=_GRACE_S.value, viewer_buffer_s=_VIEWER_BUFFER_S.value)
-  hub.warm_up()
-  app.run(hub, _HOST.value, _PORT.value)
+  for streams in benchmark_streams:
+    print(json.dumps(benchmark.measure(generator, streams, _BENCHMARK_SECONDS.value, chunk_frames=_CHUNK_FRAMES.value)),
+          flush=True)
+  if sock is not None:
+    hub = StreamHub(generator, chunk_frames=_CHUNK_FRAMES.value, max_streams=_MAX_STREAMS.value, lead_s=_LEAD_S.value,
+                    grace_s=_GRACE_S.value, viewer_buffer_s=_VIEWER_BUFFER_S.value)
+    hub.warm_up()
+    app.serve(hub, sock)
+
+
+def _benchmark_streams() -> list[int]:
+  try:
+    counts = [int(n) for n in _BENCHMARK_STREAMS.value]
+  except ValueError:
+    counts = [0]
+  if any(n < 1 for n in counts):
+    raise ValueError(f"--benchmark_streams={','.join(_BENCHMARK_STREAMS.value)}: expected numbers of streams, e.g. "
+                     "1,2,4")
+  return counts
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Bad parameters get 400 with what was wrong, a full server 503 with why; a stream
 its video in the X-Codecs header (what Media Source Extensions need before the first byte).
 """
 import asyncio
+import os
 import pathlib
 import socket
 import time
@@ -56,10 +57,18 @@ def make_app(hub: StreamHub) -> web.Application:
   return app
 
 
-def run(hub: StreamHub, host: str, port: int) -> None:
-  """Serves until SIGINT or SIGTERM, then ends every stream; prints the address (port 0: a free port)."""
-  sock = socket.create_server((host, port))
-  print(f"serving on http://{host}:{sock.getsockname()[1]}/", flush=True)
+def listen(host: str, port: int) -> socket.socket:
+  """A socket bound to host:port (port 0: a free one), before the slow start of a hub; OSError saying why not."""
+  try:
+    return socket.create_server((host, port))
+  except OSError as error:
+    raise OSError(f"cannot listen on {host}:{port} ({os.strerror(error.errno)}); choose another host or port") from None
+
+
+def serve(hub: StreamHub, sock: socket.socket) -> None:
+  """Serves `hub` on a `listen`ing socket until SIGINT or SIGTERM, then ends every stream; prints the address."""
+  host, port = sock.getsockname()[:2]
+  print(f"serving on http://{host}:{port}/", flush=True)
   web.run_app(make_app(hub), sock=sock, print=None, shutdown_timeout=5.0)
 
 
