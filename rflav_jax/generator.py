@@ -13,7 +13,7 @@ for `video_for` / `audio_for`; the starting noise windows are drawn in `_noise_w
 """
 import contextlib
 import dataclasses
-from typing import Callable, ContextManager, Iterator, Sequence
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -186,11 +186,16 @@ class Generator:
     """
     network_labels, batch = self._labels(labels)
     _check_num_frames(num_frames)
-    key_v, key_a, key = jax.random.split(jax.random.key(seed), 3)
+    start, key = self.starting_noise(seed, batch)
     sampler = self._sampler(batch)
-    frames = sampler.stream(self._noise_window(key_v, "video", batch), self._noise_window(key_a, "audio", batch),
-                            key, self.options.chunk_frames, network_labels)
+    frames = sampler.stream(start.v, start.a, key, self.options.chunk_frames, network_labels)
     return self._decoded(frames, "stream", sampler, batch, num_frames, vocode, clock)
+
+  def starting_noise(self, seed: int, batch: int) -> tuple[Window, jax.Array]:
+    """The pure-noise windows that `stream` starts B streams from for `seed`, and the key of their later draws
+    (fresh frames and stochastic steps, as `RollingSampler.stream` makes them)."""
+    key_v, key_a, key = jax.random.split(jax.random.key(seed), 3)
+    return Window(self._noise_window(key_v, "video", batch), self._noise_window(key_a, "audio", batch)), key
 
   def continue_from(self, video, mel, labels, num_frames: int | None = None, *, seed: int = 0, vocode: bool = True,
                     clock: Clock = _no_clock) -> Iterator[Chunk]:
@@ -312,15 +317,25 @@ class Generator:
 
   def _decoded(self, frames: Iterator, mode: str, sampler: RollingSampler, batch: int, num_frames: int | None,
                vocode: bool, clock: Clock) -> Iterator[Chunk]:
-    """Chunks of the sampler's (video, mel) frames, decoded (and vocoded), ending at num_frames."""
     self._begin(mode, sampler, num_frames)
-    scale = self.vocoder.audio_scale
+    yield from self.decode(frames, batch, num_frames, vocode=vocode, clock=clock)
+
+  def decode(self, frames: Iterable, batch: int, num_frames: int | None = None, *, vocode: bool = True,
+             clock: Clock = _no_clock) -> Iterator[Chunk]:
+    """Chunks of B streams' network frames, decoded (and vocoded), ending at num_frames (None: with `frames`).
+
+    frames: (video, mel) chunks in the model's space, (B, n, h, w, c) and (B, n, 10, N), as the sampler makes them
+    (`RollingSampler.roll`); the Chunks follow as `stream` describes.
+    """
+    frames, scale = iter(frames), self.vocoder.audio_scale
 
     def pictures():  # (uint8 video, mel in the model's scale) per chunk
       done = 0
       while num_frames is None or done < num_frames:
         with clock(NETWORK):
-          frames_v, frames_a = next(frames)
+          frames_v, frames_a = next(frames, (None, None))
+        if frames_v is None:
+          return
         take = frames_v.shape[1] if num_frames is None else min(frames_v.shape[1], num_frames - done)
         with clock(VIDEO_DECODING):
           video = to_uint8(self.codec.decode(frames_v[:, :take]))

@@ -121,3 +121,23 @@ def test_bad_parameters_and_shapes_raise_clear_errors():
     audio.frames_from_mel(np.zeros((15, 256)))
   with pytest.raises(ValueError, match=r"\(columns, 256\)"):
     audio.griffin_lim(np.zeros((2, 10, 256)))
+
+
+def test_streaming_griffin_lim_joins_chunks_as_smoothly_as_one_whole_clip():
+  log_mel = audio.log_mel_from_waveform(tone(440.0, seconds=2.0))
+  stream = audio.GriffinLimStream(n_iter=8)
+  pieces = [stream.push(log_mel[i:i + 50]) for i in range(0, len(log_mel), 50)] + [stream.flush()]
+  wav = np.concatenate(pieces)
+  assert wav.shape == (len(log_mel) * 160,) and wav.dtype == np.float32
+  assert len(pieces[0]) == (50 - stream.lookahead) * 160  # the lookahead columns wait for the next chunk
+  spectrum = np.abs(np.fft.rfft(wav * np.hanning(len(wav))))
+  assert abs(np.fft.rfftfreq(len(wav), 1 / SR)[spectrum.argmax()] - 440.0) <= SR / 2048
+  largest_step = lambda x: np.abs(np.diff(x[800:-800])).max()  # a phase jump at a join shows as a step
+  assert largest_step(wav) <= 1.2 * largest_step(audio.griffin_lim(log_mel, n_iter=8))
+
+
+def test_streaming_griffin_lim_needs_enough_lookahead_and_context():
+  with pytest.raises(ValueError, match="lookahead >= 4"):
+    audio.GriffinLimStream(lookahead=2)
+  with pytest.raises(ValueError, match="context >= lookahead"):
+    audio.GriffinLimStream(lookahead=4, context=6)

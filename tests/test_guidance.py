@@ -31,6 +31,17 @@ def test_classifier_free_guidance_matches_official():
   assert rel_l2(vel_a, audio_layout(data["out/cfg3_a"])) <= 1e-5
 
 
+def test_per_stream_guidance_equals_each_streams_own_scale():
+  data = load_fixture("flav_small_cond_causal.npz")
+  model, params = fixture_model(data)
+  v, a, t, labels = video_layout(data["in/v"]), audio_layout(data["in/a"]), (data["in/t"] - 1) / 999, data["in/y"]
+  scales = np.linspace(0.0, 3.0, len(labels)).astype(np.float32)
+  vel_v, vel_a = jax.jit(guidance.per_stream_guidance(model, params))(v, a, t, (labels, scales))
+  for b, scale in enumerate(scales):
+    own_v, own_a = guidance.classifier_free_guidance(model, params, scale)(v, a, t, labels)
+    assert rel_l2(vel_v[b], own_v[b]) <= 1e-5 and rel_l2(vel_a[b], own_a[b]) <= 1e-5
+
+
 @pytest.mark.slow
 def test_guidance_scale_one_generates_like_the_conditional_model():
   model, params = fixture_model(load_fixture("flav_small_cond_causal.npz"))

@@ -151,6 +151,76 @@ def griffin_lim(log_mel: np.ndarray, n_iter: int = 32, seed: int = 0, **override
   return np.clip(wav, -1.0, 1.0).astype(np.float32)  # phase errors can overshoot the front end's 0.95 peak
 
 
+class GriffinLimStream:
+  """Griffin-Lim over an endless stream of natural-log mel chunks (columns, N), with seamless joins.
+
+  Each `push` runs n_iter iterations on its chunk together with the `context` columns before it: those keep the
+  phase that the previous push gave them, held fixed where their samples are already out, and the chunk's own
+  columns start from that phase advanced at each bin's frequency. The last `lookahead` columns' samples still
+  depend on the columns to come, so each push returns the waveform (samples,) in [-1, 1] from the previous push's
+  end up to `lookahead` columns before its own end; `flush` returns those last samples at the end of a stream.
+  Concatenated, the pieces are the whole stream's waveform, column c covering samples [c hop, (c + 1) hop) as in
+  `griffin_lim`, whose front-end STFT, momentum and pseudo-inverse magnitudes it uses.
+  """
+
+  def __init__(self, n_iter: int = 8, seed: int = 0, lookahead: int = 4, context: int = 8, **overrides):
+    self.params = mel_params(**overrides)
+    if n_iter < 1:
+      raise ValueError(f"n_iter must be a positive number of Griffin-Lim iterations, got {n_iter}")
+    # A sample depends on the columns whose windows (win_length around each column's centre) cover it.
+    reach = -(-self.params.win_length // (2 * self.params.hop_length))
+    if lookahead < reach or context < lookahead + reach:
+      raise ValueError(f"lookahead={lookahead} and context={context} columns: a sample depends on the {reach} "
+                       f"columns either side, so use lookahead >= {reach} and context >= lookahead + {reach}")
+    self.n_iter, self.lookahead, self.context = n_iter, lookahead, context
+    self._rng = np.random.default_rng(seed)
+    self._magnitude = self._angles = None  # (bins, columns) of the last context + lookahead columns
+    self._pending = np.zeros(0, np.float32)  # the samples of the last lookahead columns, as the last push made them
+
+  def push(self, log_mel: np.ndarray) -> np.ndarray:
+    """Vocodes the next chunk (columns, N); returns the samples that are final (see the class docstring)."""
+    params = self.params
+    log_mel = np.asarray(log_mel, np.float64)
+    if log_mel.ndim != 2 or log_mel.shape[1] != params.n_mels or not np.all(np.isfinite(log_mel)):
+      raise ValueError(f"log_mel must be finite (columns, {params.n_mels}), got shape {log_mel.shape}")
+    magnitude = np.maximum(_mel_pseudo_inverse(params) @ np.exp(log_mel).T, 0.0)  # (bins, columns)
+    bins, columns = magnitude.shape
+    if self._angles is None:
+      held, angles = 0, np.exp(2j * np.pi * self._rng.random((bins, columns)))
+    else:
+      held = self._angles.shape[1] - self.lookahead  # columns whose samples are out: their phase stays
+      advance = 2 * np.pi * params.hop_length / params.n_fft * np.arange(bins)[:, None] * np.arange(1, columns + 1)
+      angles = np.concatenate([self._angles, self._angles[:, -1:] * np.exp(1j * advance)], axis=1)
+      magnitude = np.concatenate([self._magnitude, magnitude], axis=1)
+    wav = self._iterate(magnitude, angles, held)
+    keep = min(magnitude.shape[1], self.context + self.lookahead)
+    self._magnitude, self._angles = magnitude[:, -keep:], angles[:, -keep:]
+    hop = params.hop_length  # column c's samples start at padding + c hop of the padded waveform
+    out = wav[params.padding + held * hop:params.padding + magnitude.shape[1] * hop]
+    out, self._pending = np.split(out, [max(len(out) - self.lookahead * hop, 0)])
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+  def flush(self) -> np.ndarray:
+    """The samples of the stream's last `lookahead` columns."""
+    out, self._pending = self._pending, np.zeros(0, np.float32)
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+  def _iterate(self, magnitude: np.ndarray, angles: np.ndarray, held: int, momentum: float = 0.99) -> np.ndarray:
+    """Fast Griffin-Lim (librosa's update with momentum) with the first `held` columns' phase fixed; the phase
+    ends in `angles` (updated in place) and the waveform of its last step is returned (front-end padding kept)."""
+    params = self.params
+    stft_args = dict(n_fft=params.n_fft, hop_length=params.hop_length, win_length=params.win_length, window="hann",
+                     center=False)
+    fixed, rebuilt = angles[:, :held].copy(), 0.0
+    for _ in range(self.n_iter):
+      previous = rebuilt
+      rebuilt = librosa.stft(librosa.istft(magnitude * angles, **stft_args), **stft_args)
+      angles[:] = rebuilt - (momentum / (1 + momentum)) * previous
+      angles /= np.abs(angles) + 1e-16
+      angles[:, :held] = fixed
+    return librosa.istft(magnitude * angles, **stft_args)
+
+
 @functools.lru_cache(maxsize=8)
 def _mel_filterbank(params: MelParams) -> np.ndarray:
   """librosa's slaney mel filterbank (N, n_fft // 2 + 1)."""

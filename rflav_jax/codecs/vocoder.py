@@ -22,11 +22,15 @@ class MelVocoder:
     audio_scale: the mel multiplier the model was trained with (e.g. audio.AIST_AUDIO_SCALE).
     hifigan: (HifiGanGenerator, params), or None for Griffin-Lim.
     griffin_lim_iters: Griffin-Lim iterations per chunk.
+    griffin_lim_streaming: carry each stream's Griffin-Lim phase from chunk to chunk (`audio.GriffinLimStream`):
+      seamless joins, for any chunk size, at the price of a lag of a few mel columns; False vocodes each chunk on
+      its own.
   """
   n_mels: int
   audio_scale: float
   hifigan: tuple[HifiGanGenerator, dict] | None = None
   griffin_lim_iters: int = 32
+  griffin_lim_streaming: bool = False
 
   def __post_init__(self):
     if self.hifigan is not None:
@@ -39,11 +43,18 @@ class MelVocoder:
     """Mel chunks (B, n_i, F, N) -> waveform pieces (B, samples); with HiFi-GAN they lag by its context.
 
     Concatenated, the pieces cover every mel column once. HiFi-GAN joins are exact; Griffin-Lim vocodes
-    each chunk on its own, so its joins may be audible.
+    each chunk on its own, so its joins may be audible, unless griffin_lim_streaming (seamless, lagging).
     """
     log_mels = (audio.log_mel_from_mel(audio.mel_from_frames(m), self.audio_scale) for m in mel_chunks)
     if self.hifigan is not None:
       yield from vocode_stream(*self.hifigan, log_mels)
-      return
-    for log_mel in log_mels:
-      yield np.stack([audio.griffin_lim(m, n_iter=self.griffin_lim_iters) for m in log_mel])
+    elif self.griffin_lim_streaming:
+      streams = None
+      for log_mel in log_mels:
+        streams = streams or [audio.GriffinLimStream(self.griffin_lim_iters) for _ in log_mel]
+        yield np.stack([stream.push(m) for stream, m in zip(streams, log_mel)])
+      if streams:
+        yield np.stack([stream.flush() for stream in streams])
+    else:
+      for log_mel in log_mels:
+        yield np.stack([audio.griffin_lim(m, n_iter=self.griffin_lim_iters) for m in log_mel])

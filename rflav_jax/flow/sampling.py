@@ -94,12 +94,17 @@ class RollingSampler:
     return jax.device_put(tree, NamedSharding(self.plan.mesh, spec))
 
   def _labels(self, labels, batch: int):
+    """Per-stream labels on the devices: (B,) class labels, or a tuple of (B,) arrays (e.g. labels and guidance
+    scales, for `guidance.per_stream_guidance`); the velocity function gets them as given."""
     if labels is None:
       return None
-    labels = jnp.asarray(labels, jnp.int32)
-    if labels.shape != (batch,):
-      raise ValueError(f"labels have shape {labels.shape}; expected one class label per stream, (B,) = ({batch},)")
-    return self._place(labels, BATCH, batch)
+    parts = tuple(jnp.asarray(x, jnp.int32 if np.issubdtype(np.asarray(x).dtype, np.integer) else jnp.float32)
+                  for x in (labels if isinstance(labels, tuple) else (labels,)))
+    for x in parts:
+      if x.shape != (batch,):
+        raise ValueError(f"labels have shape {x.shape}; expected one class label per stream, (B,) = ({batch},)")
+    placed = self._place(parts, BATCH, batch)
+    return placed if isinstance(labels, tuple) else placed[0]
 
   @property
   def draws_noise(self) -> bool:

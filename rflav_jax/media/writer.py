@@ -3,6 +3,7 @@ import os
 import shutil
 import tempfile
 import wave
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -21,24 +22,31 @@ class Mp4Writer:
       for frames, audio in chunks:   # uint8 (T, H, W, 3), float32 (T * 1600,) in [-1, 1]
         writer.write(frames, audio)
 
+  path: a file path, or a writable binary file object.
   crf: H.264 constant rate factor (0 lossless .. 51 worst; 18 is visually near lossless).
   `path` may be a URL (gs://bucket/out.mp4): FFmpeg's mp4 muxer needs a local file, so the writer fills a local
   temporary file and copies it to `path` (then removes it) on `close`; a process killed before that leaves the
   temporary file behind and nothing at `path`.
+  live: write fragmented MP4 that a player can read while it grows: every `write` begins with a keyframe and a
+    fragment of its own (moof + mdat, passed to the file once the next write begins, or on close), and x264 keeps
+    no frames back (tune zerolatency).
   """
 
-  def __init__(self, path: str | os.PathLike, fps: float = 10, sample_rate: int = 16000, crf: int = 18,
-               preset: str = "medium", audio_bitrate: int = 128_000):
+  def __init__(self, path: str | os.PathLike | BinaryIO, fps: float = 10, sample_rate: int = 16000, crf: int = 18,
+               preset: str = "medium", audio_bitrate: int = 128_000, *, live: bool = False):
     if not isinstance(crf, (int, np.integer)) or not 0 <= crf <= 51:
       raise ValueError(f"crf must be an int in [0, 51] (lower is better quality), got {crf!r}")
-    self.path = os.fspath(path)
+    self.path = path if hasattr(path, "write") else os.fspath(path)
+    self.live = live
     self.fps = fps
     self.sample_rate = sample_rate
     self._samples_per_frame = samples_per_frame(fps, sample_rate)
-    self._encoder_options = {"crf": str(crf), "preset": preset}
+    self._encoder_options = {"crf": str(crf), "preset": preset, **({"tune": "zerolatency"} if live else {})}
     self._audio_bitrate = audio_bitrate
-    self._local = _temporary_mp4() if storage.is_remote(self.path) else self.path
-    self._container = av.open(self._local, "w", format="mp4")
+    fragmented = {"movflags": "frag_keyframe+empty_moov+default_base_moof"} if live else {}
+    remote = isinstance(self.path, str) and storage.is_remote(self.path)
+    self._local = _temporary_mp4() if remote else self.path
+    self._container = av.open(self._local, "w", format="mp4", options=fragmented)
     self._video = self._audio = None  # created by the first write, once the frame size is known
     self._frames_written = 0
     self._samples_written = 0
@@ -62,9 +70,11 @@ class Mp4Writer:
     if frames.shape[1:3] != (self._video.height, self._video.width):
       raise ValueError(f"frames must keep the size of the first chunk, {self._video.height}x{self._video.width}; "
                        f"got {frames.shape[1]}x{frames.shape[2]}")
-    for frame in frames:
+    for i, frame in enumerate(frames):
       image = av.VideoFrame.from_ndarray(frame, format="rgb24")
       image.pts = self._frames_written
+      if self.live and i == 0:
+        image.pict_type = av.video.frame.PictureType.I
       self._frames_written += 1
       self._container.mux(self._video.encode(image))
     sound = av.AudioFrame.from_ndarray(audio[None], format="flt", layout="mono")
@@ -104,7 +114,7 @@ class Mp4Writer:
     try:
       self._container.close()
     finally:
-      if os.path.exists(self._local):
+      if isinstance(self._local, str) and os.path.exists(self._local):
         os.remove(self._local)
 
   def _add_streams(self, height: int, width: int) -> None:
