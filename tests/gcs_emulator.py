@@ -16,6 +16,7 @@ import http.server
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -29,18 +30,22 @@ def running_emulator(bucket: str):
   with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
-  server = subprocess.Popen([sys.executable, __file__, str(port), bucket], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-  try:
-    host = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while request(host, "GET", f"/storage/v1/b/{bucket}")[0] != 200:
-      assert server.poll() is None and time.monotonic() < deadline, f"the emulator did not start: {server.stderr}"
-      time.sleep(0.1)
-    yield host
-  finally:
-    server.kill()
-    server.wait()
+  # The emulator logs every request: into a file, as a pipe nobody reads would fill and stall the emulator.
+  with tempfile.TemporaryFile("w+") as log:
+    server = subprocess.Popen([sys.executable, __file__, str(port), bucket], stdout=log, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+      host = f"127.0.0.1:{port}"
+      deadline = time.monotonic() + _START_TIMEOUT_S
+      while request(host, "GET", f"/storage/v1/b/{bucket}")[0] != 200:
+        if server.poll() is not None or time.monotonic() > deadline:
+          log.seek(0)
+          raise AssertionError(f"the emulator did not start: {log.read()[-3000:]}")
+        time.sleep(0.1)
+      yield host
+    finally:
+      server.kill()
+      server.wait()
 
 
 def request(host: str, method: str, path: str) -> tuple[int, bytes]:

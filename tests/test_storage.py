@@ -137,8 +137,6 @@ def test_training_into_a_bucket_writes_every_artifact_there_and_nothing_on_local
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="failed once on the merged main (2026-12-02) after passing on its own "
-                   "branch; the cause (a kill race or a merge regression) is not yet diagnosed")
 def test_kill_9_then_the_same_command_resumes_exactly_from_the_bucket(emulator, straight_run, tmp_path):
   folders = empty_folders(tmp_path / "killed")
   run = train(emulator, "gs://bucket/killed", folders, wait=False)
