@@ -5,7 +5,8 @@
 
 Files under a URL are reached through epath (TensorFlow's tf.io.gfile, or fsspec/gcsfs where TensorFlow is not
 installed), TensorStore (the arrays of Orbax checkpoints) and Google Cloud's C++ client (ArrayRecord files of TFDS
-datasets); no URL goes through os or pathlib.
+datasets and cached latents); no URL goes through os or pathlib. ArrayRecord reads URLs but writes only local
+files: its writers write into `staged_file` / `staged_folder`, which upload what was written when it is complete.
 
 A GCS emulator: with STORAGE_EMULATOR_HOST=host:port set (the variable Google's own clients read),
 `use_emulator_from_env` points every one of those clients at it; the launchers call it before any client starts.
@@ -13,7 +14,12 @@ TensorFlow's GCS file system cannot be pointed anywhere but Google's servers (it
 then epath goes through fsspec/gcsfs (requirements-test.txt), and `tensorflow_reaches` says which paths
 TensorFlow itself (TensorBoard's writer) cannot reach.
 """
+import contextlib
 import os
+import pathlib
+import shutil
+import tempfile
+from typing import Iterator
 
 from etils import epath
 
@@ -33,14 +39,48 @@ def as_path(path: str | os.PathLike) -> epath.Path:
 
 
 def write_atomically(path: epath.Path, text: str) -> None:
-  """Writes `text` to `path` so that a reader finds the old file or the new one, never a part of it: a local file
-  through a neighbouring .part file renamed over it, a cloud object directly (it appears once uploaded whole)."""
-  if is_remote(path):
-    path.write_text(text)
+  """Writes `text` to `path` so that a reader finds the old file or the new one, never a part of it
+  (`staged_file`)."""
+  with staged_file(path) as local:
+    pathlib.Path(local).write_text(text)
+
+
+@contextlib.contextmanager
+def staged_file(path: epath.Path) -> Iterator[str]:
+  """A local file name for a writer that takes only local files; `path` appears, whole, once the block ends
+  without an error: locally a neighbouring .part file renamed over `path`, for a URL a temporary file uploaded
+  to `path` and removed."""
+  if not is_remote(path):
+    part = path.with_name(path.name + ".part")
+    yield os.fspath(part)
+    part.replace(path)
     return
-  part = path.with_name(path.name + ".part")
-  part.write_text(text)
-  part.replace(path)
+  with tempfile.TemporaryDirectory() as staging:
+    local = pathlib.Path(staging) / path.name
+    yield os.fspath(local)
+    upload_file(local, path)
+
+
+@contextlib.contextmanager
+def staged_folder(path: epath.Path) -> Iterator[str]:
+  """A local folder to build the files of folder `path` in: `path` itself when local; for a URL a temporary folder
+  (under TMPDIR, so it needs the disk space of what is built) whose files are uploaded below `path`, in the order
+  they were written, once the block ends without an error; it is then removed."""
+  if not is_remote(path):
+    yield os.fspath(path)
+    return
+  with tempfile.TemporaryDirectory() as staging:
+    yield staging
+    files = [local for local in pathlib.Path(staging).rglob("*") if local.is_file()]
+    for local in sorted(files, key=lambda local: (local.stat().st_mtime_ns, local)):  # in the order written
+      upload_file(local, path / local.relative_to(staging).as_posix())
+
+
+def upload_file(local: str | os.PathLike, remote: epath.Path) -> None:
+  """Copies the local file `local` to `remote` (any epath path), in pieces of 16 MiB."""
+  remote.parent.mkdir(parents=True, exist_ok=True)
+  with open(local, "rb") as source, remote.open("wb") as target:
+    shutil.copyfileobj(source, target, 1 << 24)
 
 
 def emulator_settings(host: str) -> dict[str, str]:

@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 
 import gcs_emulator
-from rflav_jax import storage
+from rflav_jax import standins, storage
 from rflav_jax.convert import load_flav
-from helpers import ROOT, saved_state
+from helpers import ROOT, media_file, saved_state
 
 BUCKET = "bucket"
+TINY_VAE = {"block_out_channels": [8, 8], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 4}
 RUN = ("--config=configs/train_synthetic_tiny.py:micro", "--config.compilation_cache_dir=gs://bucket/xla",
        "--config.train.sample_every=5", "--config.train.sample_frames=6")  # 10 steps, checkpoints at 5 and 10
 
@@ -77,18 +78,29 @@ def empty_folders(root: pathlib.Path) -> types.SimpleNamespace:
   return folders
 
 
-def train(host: str, workdir: str, folders: types.SimpleNamespace, wait: bool = True):
-  """`python -m launch.train` of RUN into `workdir` against the emulator at `host`; CompletedProcess or Popen."""
+def run(host: str, folders: types.SimpleNamespace, module: str, *args: str, wait: bool = True):
+  """`python -m module args` in folders.cwd against the emulator at `host`; its CompletedProcess (asserted to have
+  succeeded) or, with wait=False, its Popen."""
   env = {**os.environ, storage.EMULATOR_VARIABLE: host, "TMPDIR": str(folders.tmp), "HOME": str(folders.home),
          "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-  command = [sys.executable, "-m", "launch.train", f"--workdir={workdir}",
-             *[arg.replace("configs/", f"{ROOT}/configs/") for arg in RUN]]
+  command = [sys.executable, "-m", module, *args]
   if not wait:
     return subprocess.Popen(command, cwd=folders.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
   result = subprocess.run(command, cwd=folders.cwd, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   return result
+
+
+def train(host: str, workdir: str, folders: types.SimpleNamespace, *args: str, wait: bool = True):
+  """`python -m launch.train` of RUN (then `args`) into `workdir` against the emulator at `host`."""
+  return run(host, folders, "launch.train", f"--workdir={workdir}",
+             *[arg.replace("configs/", f"{ROOT}/configs/") for arg in RUN], *args, wait=wait)
+
+
+def assert_no_files(folders: types.SimpleNamespace) -> None:
+  """No file in any of the folders (TFDS leaves an empty tmp*tfds folder in TMPDIR for each dataset it builds)."""
+  assert [path for folder in vars(folders).values() for path in folder.rglob("*") if not path.is_dir()] == []
 
 
 def download(host: str, prefix: str, to: pathlib.Path) -> pathlib.Path:
@@ -111,7 +123,7 @@ def straight_run(emulator, tmp_path_factory):
 @pytest.mark.slow
 def test_training_into_a_bucket_writes_every_artifact_there_and_nothing_on_local_disk(emulator, straight_run,
                                                                                       tmp_path):
-  assert [list(folder.iterdir()) for folder in (straight_run.cwd, straight_run.tmp, straight_run.home)] == [[]] * 3
+  assert_no_files(straight_run)
   names = set(gcs_emulator.object_names(emulator, BUCKET, "straight/"))
   expected = {"config.json", "metrics.jsonl", "loss_curve.png", "export/model.json",
               *[f"checkpoints/{step}/commit_success.txt" for step in (5, 10)],
@@ -153,3 +165,42 @@ def test_kill_9_then_the_same_command_resumes_exactly_from_the_bucket(emulator, 
   straight, killed = (download(emulator, f"{name}/", tmp_path / name) for name in ("straight", "killed"))
   chex.assert_trees_all_equal(saved_state(killed, 10), saved_state(straight, 10))
   jax.tree.map(np.testing.assert_array_equal, load_flav(straight / "export")[1], load_flav(killed / "export")[1])
+
+
+@pytest.mark.slow
+def test_a_dataset_and_its_latents_prepared_into_a_bucket_train_from_there(emulator, tmp_path):
+  """launch.prepare_data builds a TFDS dataset of a media folder and its cached latents in the bucket, leaving
+  nothing on local disk; training reads each from there."""
+  source = tmp_path / "media" / "train" / "aist"
+  source.mkdir(parents=True)
+  (source / "clip.mp4").symlink_to(media_file("aist_video0.mp4"))
+  vae = standins.write_sdvae(tmp_path / "sdvae", TINY_VAE)  # downsampling 2: 16x16 frames -> 8x8x4 latents
+  folders = empty_folders(tmp_path / "prepare")
+  result = run(emulator, folders, "launch.prepare_data", f"--source_dir={tmp_path / 'media'}",
+               "--data_dir=gs://bucket/tfds", "--resolution=16", "--clip_frames=6", "--labelled", f"--sdvae={vae}",
+               "--latents_dir=gs://bucket/latents")
+  assert_no_files(folders)
+  dataset = "gs://bucket/tfds/av_folder/media_r16_fps10_t6_labelled/1.1.0"
+  assert f"dataset: {dataset}" in result.stdout
+  names = set(gcs_emulator.object_names(emulator, BUCKET))
+  assert {f"{dataset.removeprefix('gs://bucket/')}/{name}" for name in
+          ("dataset_info.json", "features.json", "build_report.json", "av_folder-train.array_record-00000-of-00001")
+          } <= names
+  assert {"latents/latents.json", "latents/latents-00000-of-00001.array_record"} <= names
+  report = json.loads(gcs_emulator.read_object(emulator, BUCKET, dataset.removeprefix("gs://bucket/") +
+                                               "/build_report.json"))
+  num_clips = report["examples"]["train"]
+  assert num_clips >= 2 and f"latents: gs://bucket/latents ({num_clips} clips in 1 shards" in result.stdout
+
+  tfds_run = empty_folders(tmp_path / "from_tfds")
+  train(emulator, "gs://bucket/from_tfds", tfds_run, "--config.data.source=tfds", f"--config.data.dataset_dir={dataset}",
+        "--config.train.batch_size=2", "--config.train.num_steps=2", "--config.train.sample_every=0")
+  latents_run = empty_folders(tmp_path / "from_latents")
+  train(emulator, "gs://bucket/from_latents", latents_run, "--config.data.source=latents",
+        "--config.data.latents_dir=gs://bucket/latents", "--config.codec.kind=sdvae", f"--config.codec.checkpoint={vae}",
+        "--config.model.latent_size=8", "--config.model.in_channels=4", "--config.model.patch_size=2",
+        "--config.train.batch_size=2", "--config.train.num_steps=2", "--config.train.sample_every=0")
+  for name, folders in (("from_tfds", tfds_run), ("from_latents", latents_run)):
+    assert_no_files(folders)
+    metrics = gcs_emulator.read_object(emulator, BUCKET, f"{name}/metrics.jsonl").decode().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [1, 2]

@@ -180,19 +180,23 @@ def build_avfolder(source_dir: str | os.PathLike, data_dir: str | os.PathLike, *
   `<name>_r<resolution>_fps<fps>_t<clip_frames>_<labelled|unlabelled>`; `name` defaults to the source
   folder's name. Load it with `tfds.builder_from_directory(report.dataset_dir)` (or pass that builder to
   pipeline.make_pipeline). A dataset already built is not rebuilt; its saved report is returned. `data_dir` may be
-  a URL (gs://bucket/tfds); `source_dir` is a local folder.
+  a URL (gs://bucket/tfds): ArrayRecord writes only local files, so the dataset is then built in a temporary local
+  folder (under TMPDIR: it needs the dataset's size in local disk) and uploaded; `source_dir` is a local folder.
   """
   source = pathlib.Path(source_dir)
   config = avfolder_config(source, resolution=resolution, fps=fps, clip_frames=clip_frames, labelled=labelled,
                            channels=channels, name=name)
-  builder = AvFolder(config=config, data_dir=os.fspath(data_dir))
-  report_path = storage.as_path(builder.data_dir) / REPORT_NAME
-  if report_path.exists():
-    return BuildReport.load(report_path)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(source)),
-                               file_format="array_record")  # random access for the input pipeline
-  report = BuildReport(
-      dataset_dir=os.fspath(builder.data_dir),
+  data_dir = storage.as_path(data_dir)
+  with storage.staged_folder(data_dir) as local_data_dir:
+    builder = AvFolder(config=config, data_dir=local_data_dir)
+    dataset_dir = data_dir / pathlib.Path(builder.data_dir).relative_to(local_data_dir).as_posix()
+    report_path = dataset_dir / REPORT_NAME
+    if report_path.exists():
+      return BuildReport.load(report_path)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(source)),
+                                 file_format="array_record")  # random access for the input pipeline
+  report = BuildReport(  # written last: a dataset folder with a report is complete
+      dataset_dir=os.fspath(dataset_dir),
       examples={split: builder.info.splits[split].num_examples if split in builder.info.splits else 0
                 for split in builder.files_used},
       files_used=builder.files_used, skipped=builder.skipped)

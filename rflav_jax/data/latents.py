@@ -13,8 +13,9 @@ The official code's pre-encoded latents hold one posterior draw per clip; these 
 draws from it afresh at every step (train.input), as encoding in the step does.
 
 `encode_dataset` runs on every host of a job at once: host p encodes the shards S with S % hosts == p, each one
-data-parallel over the host's devices, and writes each shard whole (under a temporary name, then renamed), so a
-run that stops is finished by running it again: shards already written are kept.
+data-parallel over the host's devices, and writes each shard whole (a shard appears once complete, in a local
+folder or a bucket: storage.staged_file), so a run that stops is finished by running it again: shards already
+written are kept.
 """
 import dataclasses
 import hashlib
@@ -32,6 +33,7 @@ from array_record.python import array_record_data_source, array_record_module
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rflav_jax import storage
 from rflav_jax.codecs.sdvae import LATENT_SCALE, AutoencoderKL
 from rflav_jax.data.pipeline import Source
 
@@ -118,7 +120,7 @@ def encode_dataset(source: Source, model: AutoencoderKL, params, vae: str, laten
   info = LatentsInfo(vae=vae, latent_scale=LATENT_SCALE, resolution=first.shape[1], clip_frames=first.shape[0],
                      latent_shape=(first.shape[1] // factor, first.shape[2] // factor, model.config.latent_channels),
                      num_clips=len(source), clips_per_shard=clips_per_shard, source=description)
-  folder = epath.Path(latents_dir)
+  folder = storage.as_path(latents_dir)
   _claim(folder, info, write=process_index == 0)
   encode = _parallel_encoder(model, params, frames_per_device)
   for shard in range(process_index, info.num_shards, process_count):
@@ -126,19 +128,18 @@ def encode_dataset(source: Source, model: AutoencoderKL, params, vae: str, laten
     if path.exists():
       continue
     clips = range(shard * clips_per_shard, min((shard + 1) * clips_per_shard, info.num_clips))
-    partial = folder / (info.shard_name(shard) + ".tmp")
-    writer = array_record_module.ArrayRecordWriter(os.fspath(partial), "group_size:1")
-    for record in _encoded_records(source, clips, encode):
-      writer.write(record)
-    writer.close()
-    partial.rename(path)
+    with storage.staged_file(path) as local:  # ArrayRecord writes local files only
+      writer = array_record_module.ArrayRecordWriter(local, "group_size:1")
+      for record in _encoded_records(source, clips, encode):
+        writer.write(record)
+      writer.close()
     logging.info("wrote %s (%d clips)", path, len(clips))
   return info
 
 
 def read_info(latents_dir: str | os.PathLike) -> LatentsInfo:
   """The LatentsInfo of a latents folder (ValueError when it is none)."""
-  path = epath.Path(latents_dir) / INFO_NAME
+  path = storage.as_path(latents_dir) / INFO_NAME
   if not path.exists():
     raise ValueError(f"{os.fspath(latents_dir)} holds no cached latents (no {INFO_NAME}); write them with "
                      "`python -m launch.prepare_data --dataset_dir=... --sdvae=... --latents_dir=...`")
@@ -148,7 +149,7 @@ def read_info(latents_dir: str | os.PathLike) -> LatentsInfo:
 def open_latents(latents_dir: str | os.PathLike) -> tuple[LatentsInfo, Sequence[dict]]:
   """(info, the clips): random access to a complete latents folder's records as example dicts (data.pipeline)."""
   info = read_info(latents_dir)
-  folder = epath.Path(latents_dir)
+  folder = storage.as_path(latents_dir)
   paths = [folder / info.shard_name(shard) for shard in range(info.num_shards)]
   missing = [path.name for path in paths if not path.exists()]
   if missing:
@@ -182,9 +183,7 @@ def _claim(folder: epath.Path, info: LatentsInfo, write: bool) -> None:
                        "into another folder")
   elif write:
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / (INFO_NAME + ".tmp")
-    partial.write_text(info.to_json())
-    partial.rename(path)
+    storage.write_atomically(path, info.to_json())
   else:
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -235,7 +234,7 @@ def encode_folder(dataset_dir: str | os.PathLike, split: str, sdvae_folder: str 
   `sdvae_folder` (launch.convert's or a stand-in)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (TensorFlow only when needed)
   from rflav_jax import build, model_folder  # pylint: disable=g-import-not-at-top
-  dataset = epath.Path(dataset_dir)
+  dataset = storage.as_path(dataset_dir)
   if not (dataset / "dataset_info.json").exists():
     raise ValueError(f"{os.fspath(dataset_dir)} holds no TFDS dataset (no dataset_info.json); pass the folder "
                      "launch.prepare_data reported")

@@ -6,10 +6,12 @@ video uint8 (T, R, R, 3), mel float32 (T, 10, 256), label (class of synthetic.CL
 """
 import dataclasses
 import os
+import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from rflav_jax import storage
 from rflav_jax.data import synthetic
 
 
@@ -70,13 +72,18 @@ class BouncingBallAv(tfds.core.GeneratorBasedBuilder):
 
 def build_bouncing_ball(data_dir: str | os.PathLike, *, resolution: int = 32, num_frames: int = 16,
                         num_train: int = 1024, num_test: int = 128, seed: int = 0) -> tfds.core.DatasetBuilder:
-  """Generates (once) and returns the bouncing-ball TFDS dataset under `data_dir`."""
+  """Generates (once) and returns the bouncing-ball TFDS dataset under `data_dir`, a local folder or a URL (then the
+  dataset is built in a local temporary folder and uploaded, as ArrayRecord writes only local files)."""
   synthetic.BouncingBallConfig(resolution=resolution, num_frames=num_frames)  # validates the geometry
   if num_train < 1 or num_test < 0:
     raise ValueError(f"num_train={num_train}, num_test={num_test}: expected at least one training clip and "
                      "a non-negative number of test clips")
   config = _config(resolution, num_frames, num_train, num_test, seed)
   preset = {c.name: c for c in BouncingBallAv.BUILDER_CONFIGS}.get(config.name)
-  builder = BouncingBallAv(config=preset or config, data_dir=os.fspath(data_dir))
-  builder.download_and_prepare(file_format="array_record")  # random access for the input pipeline
-  return builder
+  data_dir = storage.as_path(data_dir)
+  with storage.staged_folder(data_dir) as local_data_dir:
+    builder = BouncingBallAv(config=preset or config, data_dir=local_data_dir)
+    dataset_dir = data_dir / pathlib.Path(builder.data_dir).relative_to(local_data_dir).as_posix()
+    if not (dataset_dir / "dataset_info.json").exists():  # TFDS writes it last
+      builder.download_and_prepare(file_format="array_record")  # random access for the input pipeline
+  return builder if not storage.is_remote(data_dir) else tfds.builder_from_directory(dataset_dir)

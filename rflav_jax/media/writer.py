@@ -1,6 +1,5 @@
 """Writing audio-video streams to mp4 (H.264 + AAC, chunk by chunk) and audio to 16-bit wav."""
 import os
-import shutil
 import tempfile
 import wave
 from typing import BinaryIO
@@ -95,8 +94,7 @@ class Mp4Writer:
     self._container.mux(self._audio.encode(None))
     self._container.close()
     if self._local != self.path:
-      with open(self._local, "rb") as source, storage.as_path(self.path).open("wb") as target:
-        shutil.copyfileobj(source, target)
+      storage.upload_file(self._local, storage.as_path(self.path))
       os.remove(self._local)
 
   def __enter__(self) -> "Mp4Writer":
