@@ -29,11 +29,16 @@ _OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the per-se
 
 def main(argv):
   del argv
+  eval_config = _CONFIG.value.eval
+  for flag, path in (("output", _OUTPUT.value), ("config.eval.real_dir", eval_config.real_dir),
+                     ("config.eval.generated_dir", eval_config.generated_dir),
+                     ("config.eval.cache_dir", eval_config.cache_dir)):
+    cli.check_local(flag, path)
   cli.check_output_file("output", _OUTPUT.value)
   quiet_library_logs()
   folder_modes = {av_metrics.MODE: av_metrics.run, long_video.MODE: long_video.run}
   if _MODE.value in folder_modes:
-    print(json.dumps(folder_modes[_MODE.value](_CONFIG.value.eval, _OUTPUT.value)))
+    print(json.dumps(folder_modes[_MODE.value](eval_config, _OUTPUT.value)))
     return
   results = evaluate.evaluate(_CONFIG.value, _MODE.value, _SECONDS.value, _SEGMENT.value, _STREAMS.value)
   for result in results:

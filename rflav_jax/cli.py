@@ -112,6 +112,13 @@ def _load_config(file_arg: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
+def check_local(flag: str, path: str | None) -> None:
+  """ValueError naming --flag when `path` is a URL, for a command that reads and writes local files only."""
+  if path and storage.is_remote(path):
+    raise ValueError(f"--{flag}={path}: this command reads and writes local files only; copy the data to a local "
+                     f"folder first (e.g. gcloud storage cp -r {path} DIR) and pass that folder")
+
+
 def check_output_dir(flag: str, path: str | None) -> None:
   """ValueError naming --flag unless the local folder `path` exists and is writable or can be made; nothing is
   left behind. Remote paths (scheme://...) and None are not checked here."""

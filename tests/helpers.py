@@ -29,10 +29,15 @@ def data_file(name: str) -> pathlib.Path:
   return path
 
 
+def load_npz(name: str) -> dict:
+  """tests/data/<name>, an .npz file, as {key: array}."""
+  with np.load(data_file(name)) as data:
+    return {k: data[k] for k in data.files}
+
+
 def load_fixture(name: str) -> dict:
   """The golden fixture tests/data/fixtures/<name> as {key: array}."""
-  with np.load(data_file(f"fixtures/{name}")) as data:
-    return {k: data[k] for k in data.files}
+  return load_npz(f"fixtures/{name}")
 
 
 def media_file(name: str) -> pathlib.Path:

@@ -2,7 +2,6 @@
 tools/make_audioclip_fixtures.py), the float32 rounding of its input scaling, the 44.1 kHz conversion, and the
 weight reader's refusals."""
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -10,16 +9,13 @@ import numpy as np
 import pytest
 
 from audioclip_testing import FIXTURE, random_audioclip_state_dict
-from helpers import rel_l2
+from helpers import load_npz, rel_l2
 from rflav_jax.eval import audioclip, audioclip_weights, fad_audio
-
-DATA = pathlib.Path(__file__).parent / "data" / FIXTURE
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-  with np.load(DATA) as data:
-    return {k: data[k] for k in data.files}
+  return load_npz(FIXTURE)
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ def _evaluate(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["no_mp4", "short", "other_network"])
+@pytest.mark.parametrize("case", ["no_mp4", "short", "other_network", "bucket"])
 def test_bad_input_gets_one_error_line(tmp_path, case):
   real = tmp_path / "real"
   write_mp4(real / "a.mp4", 16 if case != "short" else 9, 0)
@@ -139,6 +139,8 @@ def test_bad_input_gets_one_error_line(tmp_path, case):
   generated.mkdir()
   if case != "no_mp4":
     write_mp4(generated / "b.mp4", 16, 1)
+  if case == "bucket":
+    generated = "gs://bucket/samples"
   result = _evaluate(f"--config.eval.real_dir={real}", f"--config.eval.generated_dir={generated}",
                      f"--config.eval.i3d_weights={weights if case == 'other_network' else ''}",
                      f"--config.eval.cache_dir={tmp_path / 'cache'}", f"--output={tmp_path / 'report.json'}")
@@ -146,7 +148,9 @@ def test_bad_input_gets_one_error_line(tmp_path, case):
   lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(lines) == 1, result.stderr[-3000:]
   expected = {"no_mp4": f"{generated} holds no .mp4 file", "short": "a.mp4: holds 9 frames at 10 fps",
-              "other_network": "not a state dict of the Kinetics-400 I3D"}[case]
+              "other_network": "not a state dict of the Kinetics-400 I3D",
+              "bucket": "--config.eval.generated_dir=gs://bucket/samples: this command reads and writes local files"
+              }[case]
   assert expected in lines[0]
   assert not (tmp_path / "report.json").exists()
 

@@ -79,12 +79,12 @@ def test_synthetic_set_resumes_and_keeps_complete_clips(tmp_path):
     np.testing.assert_array_equal(read_wav(eval_set.clip_paths(tmp_path, i)[1]), np.round(clip.audio * 32767))
   # An interrupted run: clip 3's mp4 never got its final name; the rest stays as it was.
   wav_3 = eval_set.clip_paths(tmp_path, 3)[1].read_bytes()
-  os.rename(paths[3], paths[3].with_name(paths[3].name + ".partial"))
-  before = {p: p.stat().st_mtime_ns for p in paths if p.exists()}
+  os.rename(paths[3], paths[3].with_name(paths[3].name + ".part"))
+  before = {p: os.stat(p).st_mtime_ns for p in paths if p.exists()}
   eval_set.write_eval_set(sample_config(eval_clips=6, eval_source="synthetic"), tmp_path)  # N may grow
-  assert {p: p.stat().st_mtime_ns for p in before} == before
+  assert {p: os.stat(p).st_mtime_ns for p in before} == before
   assert paths[3].is_file() and eval_set.clip_paths(tmp_path, 3)[1].read_bytes() == wav_3
-  assert eval_set.is_complete(tmp_path, 5) and not list(tmp_path.rglob("*.partial"))
+  assert eval_set.is_complete(tmp_path, 5) and not list(tmp_path.rglob("*.part"))
   with pytest.raises(ValueError, match=r"another recipe \(data_seed, seed differ"):
     other = sample_config(eval_clips=5, eval_source="synthetic")
     other.seed = 1
@@ -105,7 +105,7 @@ def uninterrupted(tmp_path_factory) -> pathlib.Path:
 @pytest.mark.slow
 def test_generated_clips_are_the_generator_streams_of_their_batch(uninterrupted):
   config = sample_config(**EVAL_FIELDS)
-  assert not list(uninterrupted.rglob("*.partial"))
+  assert not list(uninterrupted.rglob("*.part"))
   names = sorted(p.name for p in (uninterrupted / "video").iterdir())
   assert names == sorted(f"sample_{i}_video.mp4" for i in range(6))
   generator = Generator.from_config(config)
@@ -138,12 +138,12 @@ def test_a_killed_run_resumes_to_the_uninterrupted_set(uninterrupted, tmp_path):
   run.wait()
   done = [i for i in range(6) if eval_set.is_complete(folder, i)]
   assert done[:2] == [0, 1] and len(done) < 6, "the kill came too late to interrupt the set"
-  kept = {i: eval_set.clip_paths(folder, i)[0].stat().st_mtime_ns for i in done}
+  kept = {i: os.stat(eval_set.clip_paths(folder, i)[0]).st_mtime_ns for i in done}
   run = _sample(folder, cache)
   _, log = run.communicate(timeout=900)
   assert run.returncode == 0, log[-3000:]
-  assert {i: eval_set.clip_paths(folder, i)[0].stat().st_mtime_ns for i in done} == kept  # not made again
-  assert not list(folder.rglob("*.partial"))
+  assert {i: os.stat(eval_set.clip_paths(folder, i)[0]).st_mtime_ns for i in done} == kept  # not made again
+  assert not list(folder.rglob("*.part"))
   for sub in ("video", "audio"):
     assert sorted(p.name for p in (folder / sub).iterdir()) == sorted(p.name for p in (uninterrupted / sub).iterdir())
   for i in range(6):

@@ -10,17 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import rel_l2
+from helpers import load_npz, rel_l2
 from i3d_testing import FIXTURE, odd_clip, random_i3d_state_dict
 from rflav_jax.eval import fvd_clips, i3d, i3d_weights
-
-DATA = pathlib.Path(__file__).parent / "data" / FIXTURE
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-  with np.load(DATA) as data:
-    return {k: data[k] for k in data.files}
+  return load_npz(FIXTURE)
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,21 @@
 """LPIPS against the `lpips` package's own numbers (tests/data/lpips_reference.npz, made by
 tools/make_lpips_fixtures.py), and the weight readers' refusals."""
 import os
-import pathlib
 import pickle
 import tarfile
 
 import numpy as np
 import pytest
 
+from helpers import load_npz
 from lpips_testing import FIXTURE, random_lpips_state_dict
 from rflav_jax.convert.checkpoint_io import CheckpointFormatError
 from rflav_jax.eval import lpips, lpips_weights
 
-DATA = pathlib.Path(__file__).parent / "data" / FIXTURE
-
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-  with np.load(DATA) as data:
-    return {k: data[k] for k in data.files}
+  return load_npz(FIXTURE)
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,14 @@ import pytest
 import gcs_emulator
 from rflav_jax import standins, storage
 from rflav_jax.convert import load_flav
+from rflav_jax.eval import eval_set
+from rflav_jax.media import reader
 from helpers import ROOT, media_file, saved_state
 
 BUCKET = "bucket"
 TINY_VAE = {"block_out_channels": [8, 8], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 4}
+MICRO_MODEL = {"latent_size": 16, "patch_size": 4, "hidden_size": 32, "depth": 1, "num_heads": 2,
+               "predict_frames": 4}  # the model of RUN
 RUN = ("--config=configs/train_synthetic_tiny.py:micro", "--config.compilation_cache_dir=gs://bucket/xla",
        "--config.train.sample_every=5", "--config.train.sample_frames=6")  # 10 steps, checkpoints at 5 and 10
 
@@ -204,3 +208,27 @@ def test_a_dataset_and_its_latents_prepared_into_a_bucket_train_from_there(emula
     assert_no_files(folders)
     metrics = gcs_emulator.read_object(emulator, BUCKET, f"{name}/metrics.jsonl").decode().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == [1, 2]
+
+
+@pytest.mark.slow
+def test_sampling_reads_a_model_folder_from_the_bucket_and_writes_streams_and_an_eval_set_there(emulator,
+                                                                                                straight_run,
+                                                                                                tmp_path):
+  folders = empty_folders(tmp_path / "sample")
+  common = (f"--config={ROOT}/configs/synthetic_tiny.py", "--config.checkpoint=gs://bucket/straight/export",
+            "--config.compilation_cache_dir=gs://bucket/xla", "--config.sample.num_frames=8",
+            "--config.sample.chunk_frames=4",
+            *[f"--config.model.{name}={value}" for name, value in MICRO_MODEL.items()])
+  run(emulator, folders, "launch.sample", *common, "--output_dir=gs://bucket/samples")
+  run(emulator, folders, "launch.sample", *common, "--config.sample.eval_clips=3", "--config.sample.eval_frames=4",
+      "--config.sample.eval_batch_size=2", "--output_dir=gs://bucket/eval_set")
+  assert_no_files(folders)
+  assert {"samples/stream_0.mp4", "samples/stream_0_frames.png", "samples/stream_0_mel.png"} <= set(
+      gcs_emulator.object_names(emulator, BUCKET, "samples/"))
+  assert sorted(gcs_emulator.object_names(emulator, BUCKET, "eval_set/")) == sorted(
+      ["eval_set/eval_set.json", *[f"eval_set/video/sample_{i}_video.mp4" for i in range(3)],
+       *[f"eval_set/audio/sample_{i}_audio.wav" for i in range(3)]])
+  local = download(emulator, "eval_set/", tmp_path / "eval_set")
+  for i in range(3):
+    mp4, wav = eval_set.clip_paths(local, i)
+    assert reader.read_video(mp4).shape == (4, 16, 16, 3) and wav.read_bytes()[:4] == b"RIFF"

@@ -21,20 +21,22 @@ with one class every clip gets that class, and with a list as long as the batch 
 an unconditional model (`--num-classes 0`) gets no labels. Here clip i gets eval_labels[i % len(eval_labels)]: the
 same labels wherever the official rule is defined, and independent of B; an unconditional model gets its null label 0.
 
-Resuming: each file is written under a temporary name (<name>.partial) and renamed when whole, the wav first and the
-mp4 last; a clip is complete when both carry their final names. A run into a folder that holds part of the set skips
+Resuming: each file appears only once whole (storage.staged_file: written under a temporary name, or for a URL
+uploaded when complete), the wav first and the mp4 last; a clip is complete when both exist. A run into a folder that holds part of the set skips
 the batches whose clips are complete and re-makes the others, writing only their incomplete clips. eval_set.json
 holds what decides the clips (everything but N); a run with another recipe into the same folder is refused.
 """
+import contextlib
 import json
 import os
-import pathlib
 import time
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
+from rflav_jax import storage
 from rflav_jax.data import synthetic
 from rflav_jax.generator import FPS, SAMPLE_RATE, Generator, SamplingOptions, check_label
 from rflav_jax.media.writer import Mp4Writer, write_wav
@@ -44,15 +46,15 @@ RECIPE_FILE = "eval_set.json"
 LOG_EVERY_S = 10.0
 
 
-def clip_paths(folder: str | os.PathLike, i: int) -> tuple[pathlib.Path, pathlib.Path]:
+def clip_paths(folder: str | os.PathLike, i: int) -> tuple[epath.Path, epath.Path]:
   """(mp4, wav) of clip i, as `sample-metrics.py` names them."""
-  folder = pathlib.Path(folder)
+  folder = storage.as_path(folder)
   return folder / "video" / f"sample_{i}_video.mp4", folder / "audio" / f"sample_{i}_audio.wav"
 
 
 def is_complete(folder: str | os.PathLike, i: int) -> bool:
-  """Whether both files of clip i carry their final names (both were written whole)."""
-  return all(path.is_file() for path in clip_paths(folder, i))
+  """Whether both files of clip i exist (each appears only once written whole)."""
+  return all(path.exists() for path in clip_paths(folder, i))
 
 
 def clip_labels(first: int, count: int, eval_labels, num_classes: int) -> np.ndarray:
@@ -104,10 +106,10 @@ def recipe(config) -> dict:
           "sampling": {name: opts[name] for name in SamplingOptions.__dataclass_fields__}}
 
 
-def _claim(folder: pathlib.Path, wanted: dict) -> None:
+def _claim(folder: epath.Path, wanted: dict) -> None:
   """Writes the recipe into the folder, or checks that the one there is the same."""
   path = folder / RECIPE_FILE
-  if path.is_file():
+  if path.exists():
     found = json.loads(path.read_text())
     if found != wanted:
       changed = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
@@ -115,17 +117,19 @@ def _claim(folder: pathlib.Path, wanted: dict) -> None:
                        " pass another --output_dir, or the config that made it to resume it")
     return
   folder.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(wanted, indent=1))
+  storage.write_atomically(path, json.dumps(wanted, indent=1))
 
 
 class _ClipWriter:
-  """Writes one clip's mp4 chunk by chunk and its wav at the end, each under a temporary name until whole."""
+  """Writes one clip's mp4 chunk by chunk and its wav at the end; each file appears when whole."""
 
-  def __init__(self, folder: pathlib.Path, i: int):
+  def __init__(self, folder: epath.Path, i: int):
     self.mp4, self.wav = clip_paths(folder, i)
     for path in (self.mp4, self.wav):
       path.parent.mkdir(parents=True, exist_ok=True)
-    self.writer = Mp4Writer(_partial(self.mp4), fps=FPS, sample_rate=SAMPLE_RATE)
+    self.staged = contextlib.ExitStack()
+    self.writer = Mp4Writer(self.staged.enter_context(storage.staged_file(self.mp4)), fps=FPS,
+                            sample_rate=SAMPLE_RATE)
     self.sound = []
 
   def write(self, video: np.ndarray, wav: np.ndarray) -> None:
@@ -135,13 +139,9 @@ class _ClipWriter:
 
   def finish(self) -> None:
     self.writer.close()
-    write_wav(_partial(self.wav), np.concatenate(self.sound), SAMPLE_RATE)
-    os.replace(_partial(self.wav), self.wav)
-    os.replace(_partial(self.mp4), self.mp4)
-
-
-def _partial(path: pathlib.Path) -> pathlib.Path:
-  return path.with_name(path.name + ".partial")
+    with storage.staged_file(self.wav) as wav:
+      write_wav(wav, np.concatenate(self.sound), SAMPLE_RATE)
+    self.staged.close()  # the mp4 appears
 
 
 class _Progress:
@@ -160,11 +160,11 @@ class _Progress:
                    (self.total - self.done) / rate)
 
 
-def write_eval_set(config, output_dir: str | os.PathLike) -> list[pathlib.Path]:
+def write_eval_set(config, output_dir: str | os.PathLike) -> list[epath.Path]:
   """Writes the config.sample.eval_clips clips of the set (module docstring) that output_dir lacks; returns the mp4
   paths of all of them."""
   check_options(config)
-  opts, folder = config.sample, pathlib.Path(output_dir).expanduser()
+  opts, folder = config.sample, storage.as_path(output_dir)
   _claim(folder, recipe(config))
   num_clips = opts.eval_clips
   done = sum(is_complete(folder, i) for i in range(num_clips))
@@ -178,7 +178,7 @@ def write_eval_set(config, output_dir: str | os.PathLike) -> list[pathlib.Path]:
   return [clip_paths(folder, i)[0] for i in range(num_clips)]
 
 
-def _write_generated(config, folder: pathlib.Path, progress: _Progress) -> None:
+def _write_generated(config, folder: epath.Path, progress: _Progress) -> None:
   opts, batch = config.sample, config.sample.eval_batch_size
   generator = None  # built once a batch needs it, so a complete set loads no model
   for first in range(0, opts.eval_clips, batch):
@@ -196,7 +196,7 @@ def _write_generated(config, folder: pathlib.Path, progress: _Progress) -> None:
     progress.add(len(todo))
 
 
-def _write_synthetic(config, folder: pathlib.Path, progress: _Progress) -> None:
+def _write_synthetic(config, folder: epath.Path, progress: _Progress) -> None:
   clips = synthetic.BouncingBallConfig(resolution=config.model.latent_size, num_frames=config.sample.eval_frames)
   for i in range(config.sample.eval_clips):
     if is_complete(folder, i):
