@@ -21,7 +21,6 @@ from absl import flags
 from rflav_jax import cli
 from rflav_jax.data import avfolder, latents
 from rflav_jax.media.reader import CHANNEL_MODES
-from rflav_jax.train import parallel
 
 _SOURCE_DIR = flags.DEFINE_string("source_dir", None, "Folder holding train/ and test/ with the media files.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder to write the dataset into.")
@@ -39,10 +38,7 @@ _SPLIT = flags.DEFINE_string("split", "train", "The split to encode.")
 _SDVAE = flags.DEFINE_string("sdvae", None, "SD-VAE model folder (launch.convert --kind=sdvae) to encode with.")
 _LATENTS_DIR = flags.DEFINE_string("latents_dir", None, "Folder to write the cached latents into.")
 _FRAMES_PER_DEVICE = flags.DEFINE_integer("frames_per_device", 16, "Frames each device encodes per call.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Start jax.distributed from the cluster's environment.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for jax.distributed.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, with --coordinator_address.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator_address.")
+_START_DISTRIBUTED = cli.define_distributed_flags()
 
 
 def main(argv):
@@ -65,7 +61,7 @@ def main(argv):
     dataset_dir = dataset_dir or report.dataset_dir
   if encoding:
     cli.check_output_dir("latents_dir", _LATENTS_DIR.value)
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
+    _START_DISTRIBUTED()
     info = latents.encode_folder(dataset_dir, _SPLIT.value, _SDVAE.value, _LATENTS_DIR.value,
                                  _FRAMES_PER_DEVICE.value)
     print(f"latents: {_LATENTS_DIR.value} ({info.num_clips} clips in {info.num_shards} shards, this process's share "

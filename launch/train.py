@@ -17,18 +17,15 @@ from rflav_jax import compilation_cache
 _CONFIG = cli.define_config("config", "configs/train_synthetic_tiny.py", "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, samples and export/.",
                                required=True)
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Start jax.distributed from the cluster's environment.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for jax.distributed.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, with --coordinator_address.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator_address.")
+_START_DISTRIBUTED = cli.define_distributed_flags()
 
 
 def main(argv):
   del argv
   cli.check_output_dir("workdir", _WORKDIR.value)
   logging.set_verbosity(logging.INFO)
-  from rflav_jax.train import parallel, trainer  # pylint: disable=g-import-not-at-top  (after flag parsing)
-  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
+  from rflav_jax.train import trainer  # pylint: disable=g-import-not-at-top  (after flag parsing)
+  _START_DISTRIBUTED()
   compilation_cache.enable(_CONFIG.value.get("compilation_cache_dir"))
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -112,6 +112,21 @@ def _load_config(file_arg: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
+def define_distributed_flags() -> Callable[[], None]:
+  """Defines --multihost, --coordinator_address, --num_processes and --process_id; returns the function that starts
+  jax.distributed from them (call it in main, before anything touches the devices)."""
+  multihost = flags.DEFINE_bool("multihost", False, "Start jax.distributed from the cluster's environment.")
+  coordinator = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for jax.distributed.")
+  num_processes = flags.DEFINE_integer("num_processes", None, "Number of processes, with --coordinator_address.")
+  process_id = flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator_address.")
+
+  def start() -> None:
+    from rflav_jax.train import parallel  # pylint: disable=g-import-not-at-top  (JAX only once flags are parsed)
+    parallel.initialize_distributed(coordinator.value, num_processes.value, process_id.value, multihost.value)
+
+  return start
+
+
 def check_local(flag: str, path: str | None) -> None:
   """ValueError naming --flag when `path` is a URL, for a command that reads and writes local files only."""
   if path and storage.is_remote(path):
