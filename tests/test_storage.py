@@ -21,10 +21,10 @@ import pytest
 
 import gcs_emulator
 from rflav_jax import standins, storage
-from rflav_jax.convert import load_flav
+from rflav_jax.convert import convert_release, load_flav
 from rflav_jax.eval import eval_set
 from rflav_jax.media import reader
-from helpers import ROOT, media_file, saved_state
+from helpers import ROOT, fixture_release, media_file, saved_state
 
 BUCKET = "bucket"
 TINY_VAE = {"block_out_channels": [8, 8], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 4}
@@ -232,3 +232,14 @@ def test_sampling_reads_a_model_folder_from_the_bucket_and_writes_streams_and_an
   for i in range(3):
     mp4, wav = eval_set.clip_paths(local, i)
     assert reader.read_video(mp4).shape == (4, 16, 16, 3) and wav.read_bytes()[:4] == b"RIFF"
+
+
+@pytest.mark.slow
+def test_a_release_converts_into_the_bucket(emulator, tmp_path):
+  release, _ = fixture_release(tmp_path, "safetensors")
+  folders = empty_folders(tmp_path / "convert")
+  run(emulator, folders, "launch.convert", f"--release_dir={release}", "--output_dir=gs://bucket/converted")
+  assert_no_files(folders)
+  converted = download(emulator, "converted/flav/", tmp_path / "from_bucket")
+  local = convert_release("flav", release, tmp_path / "local")
+  jax.tree.map(np.testing.assert_array_equal, load_flav(converted)[1], load_flav(local)[1])

@@ -9,7 +9,9 @@ output_dir/<kind>.
 """
 import pathlib
 
-from rflav_jax import model_folder
+from etils import epath
+
+from rflav_jax import model_folder, storage
 from rflav_jax.convert import flav, hifigan, sdvae
 from rflav_jax.convert.checkpoint_io import find_weights, read_checkpoint, read_config_json
 from rflav_jax.models.flav import flav_args
@@ -18,8 +20,8 @@ KINDS = tuple(model_folder.KINDS)
 
 
 def convert_release(kind: str, folder, output_dir, *, weights: str | None = None,
-                    use_ema: bool = True) -> pathlib.Path:
-  """Release folder of `kind` -> a model folder in output_dir; returns output_dir.
+                    use_ema: bool = True) -> epath.Path:
+  """Release folder of `kind` (local) -> a model folder in output_dir (local or a URL); returns output_dir.
 
   Refuses, naming the likely mix-up, a folder already converted or one whose config.json is of another kind.
   """
@@ -81,12 +83,12 @@ def release_parts(folder) -> dict[str, pathlib.Path]:
 
 
 def convert_download(folder, output_dir, *, weights: str | None = None,
-                     use_ema: bool = True) -> dict[str, pathlib.Path]:
+                     use_ema: bool = True) -> dict[str, epath.Path]:
   """Every part of the downloaded release `folder` converted to output_dir/<kind>; returns {kind: that folder}.
 
   weights names the weight file of the part at the top of `folder`, when it holds several.
   """
   parts = release_parts(folder)
-  return {kind: convert_release(kind, part, pathlib.Path(output_dir) / kind,
+  return {kind: convert_release(kind, part, storage.as_path(output_dir) / kind,
                                 weights=weights if part == pathlib.Path(folder) else None, use_ema=use_ema)
           for kind, part in parts.items()}
