@@ -27,6 +27,7 @@ from rflav_jax import benchmarking
 from rflav_jax import cli
 from rflav_jax import compilation_cache
 from rflav_jax import profiling
+from rflav_jax import storage
 from rflav_jax.models.flav import flav_from_config
 
 _CONFIG = cli.define_config("config", "configs/bench_cpu.py", "Benchmark config file.")
@@ -40,6 +41,7 @@ _PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Optional folder for a p
 def main(argv):
   del argv
   cli.check_output_file("output", _OUTPUT.value)
+  cli.check_local("profile_dir", _PROFILE_DIR.value)  # the report reads the traces back from local files
   cli.check_output_dir("profile_dir", _PROFILE_DIR.value)
   config = _CONFIG.value
   unknown = set(_ONLY.value) - set(benchmarking.HEADLINE)
@@ -81,8 +83,7 @@ def main(argv):
       print(f"no profile of {name}: {result['profile_error']}", flush=True)
     results.append(result)
   if _OUTPUT.value:
-    with open(_OUTPUT.value, "w") as f:
-      json.dump(results, f, indent=1)
+    storage.write_atomically(storage.as_path(_OUTPUT.value), json.dumps(results, indent=1))
   if _COMPARE.value:
     print(benchmarking.comparison(results, config.reference.get(dtype, {})))
 

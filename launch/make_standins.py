@@ -8,13 +8,13 @@ r"""Writes random-weight stand-ins of the three releases as model folders, to ti
 They cost what the released weights cost (same architectures: rflav_jax/standins.py) and make noise; use
 them where the releases cannot be downloaded (docs/PERFORMANCE.md, end-to-end sampling).
 """
-import pathlib
 import time
 
 from absl import flags, logging
 
 from rflav_jax import cli
 from rflav_jax import standins
+from rflav_jax import storage
 from rflav_jax.train.progress import quiet_library_logs
 
 _CONFIG = cli.define_config("config", "configs/flav_b1_aist.py", "Sampling config whose model the FLAV "
@@ -26,7 +26,7 @@ def main(argv):
   del argv
   cli.check_output_dir("output_dir", _OUTPUT_DIR.value)
   quiet_library_logs()
-  out = pathlib.Path(_OUTPUT_DIR.value)
+  out = storage.as_path(_OUTPUT_DIR.value)
   writers = {"flav": lambda folder: standins.write_flav(folder, _CONFIG.value.model), "sdvae": standins.write_sdvae,
              "vocoder": standins.write_vocoder}
   for name, write in writers.items():  # B/1's 324M weights take about a minute on a 2-core CPU

@@ -4,10 +4,11 @@ A stand-in runs exactly as long as the release it stands for (same shapes, same 
 noise: it is for measuring speed (`launch.make_standins`, docs/PERFORMANCE.md) and for tests of the wiring.
 Each folder is what `launch.convert` writes (model.json + params/) and loads through the same functions.
 """
-import pathlib
+import os
 
 import jax
 import jax.numpy as jnp
+from etils import epath
 
 from rflav_jax import model_folder
 from rflav_jax.codecs.hifigan import HifiGanConfig, HifiGanGenerator
@@ -29,13 +30,13 @@ HIFIGAN_V1_256_MELS = {
 _PROVENANCE = {"source": "random weights (a stand-in: rflav_jax/standins.py)", "sha256": None}
 
 
-def write_flav(folder: str | pathlib.Path, model_config, seed: int = 0, storage_dtype: str = "float32") -> pathlib.Path:
+def write_flav(folder: str | os.PathLike, model_config, seed: int = 0, storage_dtype: str = "float32") -> epath.Path:
   """A FLAV of `model_config` (a config.model mapping, e.g. FLAV-B/1's) with the weights of its initialisers."""
   model = flav_from_config(model_config)
   return model_folder.write(folder, "flav", init_params(model, seed), flav_args(model), _PROVENANCE, storage_dtype)
 
 
-def write_sdvae(folder: str | pathlib.Path, config: dict = SD_VAE_FT_EMA, seed: int = 0) -> pathlib.Path:
+def write_sdvae(folder: str | os.PathLike, config: dict = SD_VAE_FT_EMA, seed: int = 0) -> epath.Path:
   """An SD-VAE of the diffusers AutoencoderKL `config` (default: sd-vae-ft-ema's)."""
   model = AutoencoderKL(VaeConfig.from_diffusers(config))
   size = model.config.downsample_factor
@@ -43,7 +44,7 @@ def write_sdvae(folder: str | pathlib.Path, config: dict = SD_VAE_FT_EMA, seed: 
   return model_folder.write(folder, "sdvae", params, dict(config), _PROVENANCE)
 
 
-def write_vocoder(folder: str | pathlib.Path, config: dict = HIFIGAN_V1_256_MELS, seed: int = 0) -> pathlib.Path:
+def write_vocoder(folder: str | os.PathLike, config: dict = HIFIGAN_V1_256_MELS, seed: int = 0) -> epath.Path:
   """A HiFi-GAN generator of the vocoder `config` (default: V1 size, 256 mels, x160)."""
   model = HifiGanGenerator(HifiGanConfig.from_dict(config))
   params = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 8, model.config.num_mels)))["params"]
