@@ -48,6 +48,20 @@ def test_as_path_keeps_urls_and_makes_local_paths_absolute(tmp_path, monkeypatch
   assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"] and (tmp_path / "metrics.jsonl").read_text() == "new\n"
 
 
+def test_a_staged_file_appears_whole_or_not_at_all(tmp_path):
+  target = storage.as_path(tmp_path / "shard.array_record")
+  with storage.staged_file(target) as local:
+    pathlib.Path(local).write_bytes(b"first")
+    assert not target.exists()  # not while it is written
+  assert target.read_bytes() == b"first"
+  with pytest.raises(RuntimeError), storage.staged_file(target) as local:
+    pathlib.Path(local).write_bytes(b"half")
+    raise RuntimeError("the writer died")
+  assert target.read_bytes() == b"first"
+  with storage.staged_folder(storage.as_path(tmp_path / "dataset")) as local:
+    assert local == str(tmp_path / "dataset")  # a local folder is built in place
+
+
 def test_the_emulator_host_is_mapped_onto_every_storage_client(monkeypatch):
   settings = storage.emulator_settings("127.0.0.1:9023")
   for name in settings:
