@@ -1,7 +1,11 @@
 """Helpers shared by the tests: the test data in tests/data, errors, small models and inputs, media and checkpoints."""
 import hashlib
 import json
+import os
 import pathlib
+import subprocess
+import sys
+import textwrap
 
 import av
 import jax
@@ -197,3 +201,16 @@ def saved_state(workdir, step=None) -> dict:
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
     state = checkpointer.restore(path, target)
   return jax.tree.map(np.asarray, state)
+
+
+# Subprocesses.
+
+def run_on_cpu_devices(script: str, devices: int, timeout: float = 600) -> str:
+  """stdout of `python -c script` (dedented) run from the repository with `devices` virtual CPU devices and the
+  tests' modules importable; asserts that it succeeded."""
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+  result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result.stdout

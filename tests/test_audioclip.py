@@ -88,7 +88,8 @@ def test_network_on_a_short_input_matches_reference(reference, variables):
   assert_matches(got, reference["short_embeddings"])
 
 
-@pytest.mark.parametrize("rounding, key", [pytest.param("cuda", "fad_embeddings_cuda", marks=pytest.mark.slow), ("cpu", "fad_embeddings")])
+@pytest.mark.parametrize("rounding, key", [pytest.param("cuda", "fad_embeddings_cuda", marks=pytest.mark.slow),
+                                           ("cpu", "fad_embeddings")])
 def test_fad_embeddings_match_reference(reference, variables, rounding, key):
   """1.6 s clips through `embed`, against MM-Diffusion's code run on the CPU and with torch's GPU rounding of the
   input scaling, which by themselves differ by far more than the tolerance."""

@@ -1,10 +1,6 @@
 """Guidance: classifier-free guidance and audio <-> video conditional generation with gradient guidance."""
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -13,12 +9,10 @@ import numpy as np
 import pytest
 
 from configs import synthetic_tiny
-from helpers import (audio_layout, fixture_model, load_fixture, noise_window, point_mass_velocity, rel_l2, tiny_flav,
-                     video_layout)
+from helpers import (audio_layout, fixture_model, load_fixture, noise_window, point_mass_velocity, rel_l2,
+                     run_on_cpu_devices, tiny_flav, video_layout)
 from rflav_jax.flow import guidance, sampling, steps
 from rflav_jax.generator import SamplingOptions
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_classifier_free_guidance_matches_official():
@@ -328,11 +322,6 @@ _DEVICES_SCRIPT = textwrap.dedent("""
 def test_official_mode_gives_the_same_streams_on_two_devices():
   """The official objective averages over all B streams, also when they are split over devices. (Scale 3: at 100 this
   random model amplifies the float32 rounding differences of the two splits to about 1e-2.)"""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
-  result = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  errors = json.loads(result.stdout.strip().splitlines()[-1])
+  errors = json.loads(run_on_cpu_devices(_DEVICES_SCRIPT, 2).strip().splitlines()[-1])
   print(f"official mode, 1 vs 2 devices: {errors}")
   assert max(errors) <= 1e-5

@@ -1,17 +1,11 @@
 """The training mesh follows the devices' interconnect: fsdp groups of torus neighbours within one slice, the data
 axis across slices; its shape on 8 virtual CPU devices; splash attention split over such a mesh."""
 import dataclasses
-import os
-import pathlib
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
+from helpers import run_on_cpu_devices
 from rflav_jax.train import parallel
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,16 +46,8 @@ def test_fsdp_groups_are_torus_neighbours_within_one_slice():
     parallel.device_grid(two_slices[:-1], fsdp=1)
 
 
-def run_on_8_devices(script: str) -> str:
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  return result.stdout
-
-
 def test_mesh_shape_on_8_virtual_devices():
-  out = run_on_8_devices("""
+  out = run_on_cpu_devices("""
       import jax
       from rflav_jax.train import parallel
 
@@ -81,7 +67,7 @@ def test_mesh_shape_on_8_virtual_devices():
         parallel.make_mesh(3)
       except ValueError as error:
         print("refused:", error)
-      """)
+      """, 8)
   assert "1 {'data': 8, 'fsdp': 1}" in out and "2 {'data': 4, 'fsdp': 2}" in out and "8 {'data': 1, 'fsdp': 8}" in out
   assert "hybrid (4, 2) [[0], [0], [1], [1]]" in out
   assert "refused: config.train.fsdp=3 must be a positive divisor of the 8 devices" in out
@@ -91,7 +77,7 @@ def test_mesh_shape_on_8_virtual_devices():
 def test_splash_attention_runs_on_each_devices_sequences_under_a_mesh():
   """Inside jit with the training mesh set, splash attention (interpreted) runs per device and gives XLA's values
   and gradients over the whole sharded batch."""
-  out = run_on_8_devices("""
+  out = run_on_cpu_devices("""
       import jax, jax.numpy as jnp, numpy as np
       from rflav_jax.models.splash import splash_attention
       from rflav_jax.train import parallel
@@ -109,6 +95,6 @@ def test_splash_attention_runs_on_each_devices_sequences_under_a_mesh():
       rel = lambda a, b: float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
       print("values", rel(got, want), "gradients", max(rel(a, b) for a, b in zip(got_grads, want_grads)))
       print("shard_map" in text or "sdy.manual_computation" in text)
-      """)
+      """, 8)
   values, gradients = (float(word) for word in out.split()[1:4:2])
   assert values < 1e-5 and gradients < 1e-5 and out.split()[-1] == "True"

@@ -2,9 +2,6 @@
 steps."""
 import json
 import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -12,11 +9,10 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from helpers import (audio_layout, fixture_model, load_fixture, noise_window, point_mass_velocity, rel_l2, tiny_flav,
-                     video_layout)
+from helpers import (audio_layout, fixture_model, load_fixture, noise_window, point_mass_velocity, rel_l2,
+                     run_on_cpu_devices, tiny_flav, video_layout)
 from rflav_jax.flow import sampling, steps
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
@@ -130,12 +126,7 @@ _DEVICES_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_eight_devices_give_the_frames_of_one():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
-  result = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = json.loads(result.stdout.strip().splitlines()[-1])
+  report = json.loads(run_on_cpu_devices(_DEVICES_SCRIPT, 8, timeout=300).strip().splitlines()[-1])
   print(report)
   assert report["devices_used"] == [1, 1, 1, 1, 8, 8, 8, 8]  # plain Euler, then stochastic steps
   assert max(report["rel_l2"]) <= 1e-5

@@ -211,13 +211,14 @@ def test_a_dataset_and_its_latents_prepared_into_a_bucket_train_from_there(emula
   assert num_clips >= 2 and f"latents: gs://bucket/latents ({num_clips} clips in 1 shards" in result.stdout
 
   tfds_run = empty_folders(tmp_path / "from_tfds")
-  train(emulator, "gs://bucket/from_tfds", tfds_run, "--config.data.source=tfds", f"--config.data.dataset_dir={dataset}",
-        "--config.train.batch_size=2", "--config.train.num_steps=2", "--config.train.sample_every=0")
+  short = ("--config.train.batch_size=2", "--config.train.num_steps=2", "--config.train.sample_every=0")
+  train(emulator, "gs://bucket/from_tfds", tfds_run, "--config.data.source=tfds",
+        f"--config.data.dataset_dir={dataset}", *short)
   latents_run = empty_folders(tmp_path / "from_latents")
   train(emulator, "gs://bucket/from_latents", latents_run, "--config.data.source=latents",
-        "--config.data.latents_dir=gs://bucket/latents", "--config.codec.kind=sdvae", f"--config.codec.checkpoint={vae}",
-        "--config.model.latent_size=8", "--config.model.in_channels=4", "--config.model.patch_size=2",
-        "--config.train.batch_size=2", "--config.train.num_steps=2", "--config.train.sample_every=0")
+        "--config.data.latents_dir=gs://bucket/latents", "--config.codec.kind=sdvae",
+        f"--config.codec.checkpoint={vae}", "--config.model.latent_size=8", "--config.model.in_channels=4",
+        "--config.model.patch_size=2", *short)
   for name, folders in (("from_tfds", tfds_run), ("from_latents", latents_run)):
     assert_no_files(folders)
     metrics = gcs_emulator.read_object(emulator, BUCKET, f"{name}/metrics.jsonl").decode().splitlines()

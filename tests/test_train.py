@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 from tensorboard.util import tensor_util
 
 from configs import train_synthetic_tiny
-from helpers import ROOT, rel_l2, saved_state
+from helpers import ROOT, rel_l2, run_on_cpu_devices, saved_state
 from rflav_jax.convert import load_flav
 from rflav_jax.train import checkpointing, trainer
 from rflav_jax.train.progress import Progress, tensorboard_writer
@@ -354,11 +354,7 @@ per_device = sum(x.size * x.dtype.itemsize / (1 if s.is_fully_replicated else co
                  for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
 print(total / 1e9, per_device / 1e9)
 """
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  total_gb, per_device_gb = map(float, result.stdout.split()[-2:])
+  total_gb, per_device_gb = map(float, run_on_cpu_devices(script, 8).split()[-2:])
   assert total_gb > 8  # XL: params, EMA and two Adam moments in float32
   assert per_device_gb < total_gb / 7  # nearly all of it split 8 ways
 

@@ -22,9 +22,10 @@ an unconditional model (`--num-classes 0`) gets no labels. Here clip i gets eval
 same labels wherever the official rule is defined, and independent of B; an unconditional model gets its null label 0.
 
 Resuming: each file appears only once whole (storage.staged_file: written under a temporary name, or for a URL
-uploaded when complete), the wav first and the mp4 last; a clip is complete when both exist. A run into a folder that holds part of the set skips
-the batches whose clips are complete and re-makes the others, writing only their incomplete clips. eval_set.json
-holds what decides the clips (everything but N); a run with another recipe into the same folder is refused.
+uploaded when complete), the wav first and the mp4 last; a clip is complete when both exist. A run into a folder
+that holds part of the set skips the batches whose clips are complete and re-makes the others, writing only their
+incomplete clips. eval_set.json holds what decides the clips (everything but N); a run with another recipe into the
+same folder is refused.
 """
 import contextlib
 import json
